@@ -1,1 +1,14 @@
+//! tailgate: a self-hostable mesh VPN node and eBPF/XDP-accelerated gateway appliance.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these layers; see `docs/ARCHITECTURE.md`.
 
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod device;
+pub mod io;
+pub mod netcfg;
+pub mod route;
+pub mod uapi;
+pub mod wg;
+pub mod xdp;

@@ -1,1 +1,105 @@
-fn main(){}
+//! The `tailgate` command: node daemon and the CLI that talks to it.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+
+use tailgate::api::{self, Request, Response};
+use tailgate::daemon::{self, DaemonOptions};
+use tailgate::wg::Key;
+
+/// tailgate: a self-hostable mesh VPN node and XDP-accelerated WireGuard gateway.
+#[derive(Parser)]
+#[command(name = "tailgate", version, about, long_about = None)]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "TAILGATE_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node daemon: WireGuard interface, routes and XDP fast path from a config file.
+    ///
+    /// Stops cleanly on SIGINT/SIGTERM, removing the interface, its routes, the XDP program
+    /// and its sockets. The standard `wg` tool manages the interface through
+    /// /var/run/wireguard/<name>.sock.
+    Daemon {
+        /// TOML configuration file (see config/README.md for every key).
+        #[arg(long, short, default_value = "/etc/tailgate/tailgate.toml")]
+        config: PathBuf,
+        /// Do not load the XDP program, even if the kernel supports it.
+        #[arg(long)]
+        no_xdp: bool,
+    },
+    /// Show the interface, peers, handshakes, transfer and data-path mode of the running daemon.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a new private key and print it in base64 (like `wg genkey`).
+    Genkey,
+    /// Read a base64 private key on stdin and print its public key (like `wg pubkey`).
+    Pubkey,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
+    )
+    .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tailgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Daemon { config, no_xdp } => runtime()?.block_on(daemon::run(DaemonOptions {
+            config,
+            socket: cli.socket,
+            no_xdp,
+        })),
+        Command::Status { json } => {
+            let response = runtime()?.block_on(api::request(&cli.socket, &Request::Status))?;
+            match response {
+                Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Response::Status(s) => print!("{}", s.to_text()),
+                Response::Error(e) => return Err(anyhow!("daemon: {e}")),
+            }
+            Ok(())
+        }
+        Command::Genkey => {
+            println!("{}", Key::generate_private().to_base64());
+            Ok(())
+        }
+        Command::Pubkey => {
+            let mut input = String::new();
+            std::io::stdin()
+                .take(1024)
+                .read_to_string(&mut input)
+                .context("reading private key from stdin")?;
+            let key =
+                Key::from_base64(input.trim()).map_err(|e| anyhow!("private key on stdin: {e}"))?;
+            println!("{}", key.public_key().to_base64());
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

@@ -1,1 +1,144 @@
-fn main(){}
+//! `cargo xtask …`: set-up, build, test and demo for tailgate.
+//!
+//! - `setup`: installs every tool the build and the tests need (idempotent, quick when done)
+//! - `build`: builds the eBPF object and `target/release/tailgate` with it embedded
+//! - `test`:  setup + build + fmt + clippy + every test (unit and network-namespace tests)
+//! - `demo`:  setup + build + a lab of namespaces with two tailgate nodes and one wireguard-go
+
+mod ebpf;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, set-up, test and demo tasks for tailgate"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and tests need (Debian packages, bpf-linker, boringtun-cli).
+    Setup,
+    /// Build the eBPF object and target/release/tailgate with it embedded.
+    Build,
+    /// Run set-up, build, format and lint checks, and all tests (needs root for the lab tests).
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+    /// Build everything and run a demo lab: two tailgate nodes and a wireguard-go node.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build(&root).map(drop)
+        }
+        Task::Test { filter } => {
+            setup::run()?;
+            let bin = build(&root)?;
+            test(&root, &bin, filter.as_deref())
+        }
+        Task::Demo => {
+            setup::run()?;
+            let bin = build(&root)?;
+            cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "tailgate-bench",
+                    "--bin",
+                    "tailgate-demo",
+                    "--",
+                ],
+            )
+            .arg(&bin)
+            .status_ok()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Builds the eBPF object, then the release binary that embeds it; returns the binary path.
+fn build(root: &Path) -> Result<PathBuf> {
+    let object = ebpf::build_ebpf(root, true)?;
+    println!("xtask: eBPF object {}", object.display());
+    cargo(root, &["build", "--release", "-p", "tailgate"])
+        .env("TAILGATE_EBPF_OBJ", &object)
+        .status_ok()?;
+    let bin = root.join("target/release/tailgate");
+    println!("xtask: built {}", bin.display());
+    Ok(bin)
+}
+
+fn test(root: &Path, bin: &Path, filter: Option<&str>) -> Result<()> {
+    let object = ebpf::build_ebpf(root, true)?;
+    cargo(root, &["fmt", "--all", "--", "--check"]).status_ok()?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+    .env("TAILGATE_EBPF_OBJ", &object)
+    .status_ok()?;
+    let mut cmd = cargo(root, &["test", "--workspace", "--release"]);
+    cmd.env("TAILGATE_EBPF_OBJ", &object)
+        .env("TAILGATE_BIN", bin);
+    cmd.arg("--");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    // The lab tests share two cores with the peers they start; run them one at a time.
+    cmd.arg("--test-threads=1");
+    cmd.status_ok()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root).args(args);
+    c
+}
+
+/// Runs a command and fails unless it exits 0.
+trait StatusOk {
+    fn status_ok(&mut self) -> Result<()>;
+}
+
+impl StatusOk for Command {
+    fn status_ok(&mut self) -> Result<()> {
+        let status = self.status().with_context(|| format!("running {self:?}"))?;
+        if !status.success() {
+            bail!("{self:?} failed: {status}");
+        }
+        Ok(())
+    }
+}

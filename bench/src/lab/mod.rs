@@ -1,0 +1,110 @@
+//! A lab of network namespaces joined by a bridge, with WireGuard nodes of several
+//! implementations (tailgate, wireguard-go, boringtun-cli) as real processes.
+//!
+//! Underlay: host N has `10.99.0.N/24` and `fd99::N/64` on `eth0`, bridged in a hub namespace.
+//! Tunnel: node N has `100.64.0.N/32` and `fd7a:115c:a1e0::N/128`.
+//! Everything (processes, namespaces, links, XDP programs) is removed on drop.
+
+pub mod capture;
+pub mod netns;
+pub mod node;
+pub mod process;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use anyhow::Result;
+
+pub use netns::{ip, run, unique_name, veth, Netns};
+pub use node::{Keypair, Kind, Node, PeerSpec};
+pub use process::{wait_for, Process};
+
+/// A namespace on the lab's underlay network.
+pub struct Host {
+    /// The host's namespace.
+    pub ns: Netns,
+    /// Index N: addresses end in N.
+    pub index: u8,
+}
+
+impl Host {
+    /// Underlay IPv4 address.
+    pub fn underlay_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 99, 0, self.index)
+    }
+
+    /// Underlay IPv6 address.
+    pub fn underlay_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, u16::from(self.index))
+    }
+}
+
+/// Namespaces on one bridged underlay, and the nodes running in them.
+pub struct Lab {
+    /// Nodes, stopped before the namespaces go away.
+    pub nodes: Vec<Node>,
+    hub: Netns,
+    bridge: String,
+}
+
+impl Lab {
+    /// A hub namespace with an empty bridge.
+    pub fn new() -> Result<Lab> {
+        let hub = Netns::new("tghub")?;
+        let bridge = "br0".to_string();
+        hub.ip(&["link", "add", &bridge, "type", "bridge"])?;
+        hub.ip(&["link", "set", &bridge, "up"])?;
+        Ok(Lab {
+            nodes: Vec::new(),
+            hub,
+            bridge,
+        })
+    }
+
+    /// A new namespace attached to the bridge as host `index` (1–254).
+    pub fn host(&self, index: u8) -> Result<Host> {
+        let ns = Netns::new("tgh")?;
+        let host = Host { ns, index };
+        let hub_if = unique_name("tgp");
+        veth(
+            &host.ns,
+            "eth0",
+            &[
+                &format!("{}/24", host.underlay_v4()),
+                &format!("{}/64", host.underlay_v6()),
+            ],
+            &self.hub,
+            &hub_if,
+            &[],
+        )?;
+        self.hub
+            .ip(&["link", "set", &hub_if, "master", &self.bridge])?;
+        Ok(host)
+    }
+
+    /// Starts a node of `kind` as host `index` with the given peers; returns its position.
+    pub fn start(
+        &mut self,
+        kind: Kind,
+        index: u8,
+        keys: Keypair,
+        peers: &[PeerSpec],
+    ) -> Result<usize> {
+        let host = self.host(index)?;
+        let node = Node::start(kind, host, keys, peers)?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Stop processes before their namespaces disappear.
+        self.nodes.clear();
+    }
+}
+
+/// Whether the process runs as root (network labs need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

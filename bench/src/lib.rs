@@ -1,0 +1,5 @@
+//! The tailgate lab: network namespaces with real WireGuard implementations, shared by the
+//! demo, the integration tests and the benchmarks.
+
+pub mod lab;
+pub mod transfer;

@@ -1,0 +1,249 @@
+//! WAN ingress (`wan_ingress` XDP program): configuration and counters.
+//!
+//! The program looks at UDP datagrams (IPv4 and IPv6, optionally behind one or two VLAN tags)
+//! whose destination port is the tunnel's listen port and checks that they look like WireGuard
+//! messages (type 1..=4, zero reserved bytes, the length the type requires); those that do not
+//! are dropped. Everything else is passed to the kernel untouched.
+
+/// Name of the XDP program in the eBPF object.
+pub const WAN_INGRESS_PROGRAM: &str = "wan_ingress";
+/// Name of the `Array<WanConfig>` map (one entry, index 0).
+pub const WAN_CONFIG_MAP: &str = "CONFIG";
+/// Name of the `PerCpuArray<u64>` map indexed by [`WanCounter`].
+pub const WAN_COUNTERS_MAP: &str = "WAN_COUNTERS";
+
+/// [`WanConfig::flags`] bit: the program is configured; without it every packet is passed
+/// uncounted (an all-zero map entry therefore means "disabled").
+pub const WAN_FLAG_ENABLED: u16 = 1 << 0;
+/// [`WanConfig::flags`] bit: also require transport data messages to be padded to 16 bytes
+/// (`(len - 32) % 16 == 0`). Off by default: the WireGuard paper asks for padding, but boringtun
+/// does not pad at all, and the Linux and Go implementations clamp the padding at the tunnel MTU
+/// (so a full-size packet on a 1420-byte MTU is not a multiple of 16).
+pub const WAN_FLAG_STRICT_DATA_PADDING: u16 = 1 << 1;
+
+/// WireGuard message sizes (UDP payload bytes).
+pub const WG_HANDSHAKE_INIT_LEN: u32 = 148;
+pub const WG_HANDSHAKE_RESPONSE_LEN: u32 = 92;
+pub const WG_COOKIE_REPLY_LEN: u32 = 64;
+/// Smallest transport data message: 16-byte header + 16-byte Poly1305 tag (a keepalive).
+pub const WG_DATA_MIN_LEN: u32 = 32;
+
+/// Configuration of `wan_ingress`, entry 0 of the `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WanConfig {
+    /// UDP listen port of the tunnel, network byte order.
+    pub listen_port: [u8; 2],
+    /// `WAN_FLAG_*` bits, network byte order.
+    pub flags: [u8; 2],
+}
+
+impl WanConfig {
+    pub const fn new(listen_port: u16, flags: u16) -> Self {
+        Self {
+            listen_port: listen_port.to_be_bytes(),
+            flags: flags.to_be_bytes(),
+        }
+    }
+
+    pub const fn listen_port(&self) -> u16 {
+        u16::from_be_bytes(self.listen_port)
+    }
+
+    pub const fn flags(&self) -> u16 {
+        u16::from_be_bytes(self.flags)
+    }
+
+    pub const fn has_flag(&self, flag: u16) -> bool {
+        self.flags() & flag != 0
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `WanConfig` is `#[repr(C)]`, `Copy`, made only of `u8` arrays (no padding, no
+// pointers), and every bit pattern is a valid value.
+unsafe impl aya::Pod for WanConfig {}
+
+/// Index into the `WAN_COUNTERS` per-CPU array: why `wan_ingress` passed or dropped a packet.
+///
+/// The checks run in this order; the first failing one names the drop reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WanCounter {
+    /// Handshake initiation (type 1, 148 bytes), passed.
+    PassWgInit = 0,
+    /// Handshake response (type 2, 92 bytes), passed.
+    PassWgResponse = 1,
+    /// Cookie reply (type 3, 64 bytes), passed.
+    PassWgCookie = 2,
+    /// Transport data (type 4, at least 32 bytes), passed.
+    PassWgData = 3,
+    /// First fragment (IPv4, or IPv6 with a fragment header right after the fixed header) of a
+    /// datagram to the listen port whose WireGuard header and UDP length field (the length of
+    /// the whole datagram) pass the checks: passed for reassembly by the kernel. First
+    /// fragments that fail them are counted under the `Drop*` reason instead, so the datagram
+    /// is never reassembled.
+    PassFragment = 4,
+    /// UDP payload shorter than the smallest WireGuard message (32 bytes).
+    DropTooShort = 5,
+    /// Message type not in 1..=4.
+    DropBadType = 6,
+    /// Reserved bytes 1..4 not zero.
+    DropBadReserved = 7,
+    /// Length not the one for the message type (or, for data, not padded when strict).
+    DropBadLength = 8,
+    /// Truncated/inconsistent UDP header (UDP length < 8 or beyond the end of the frame).
+    DropMalformed = 9,
+    /// Anything not addressed to the listen port (other ports, other protocols, non-IP, IPv6
+    /// with extension headers other than a fragment header, non-first fragments), passed.
+    OtherPassed = 10,
+}
+
+impl WanCounter {
+    /// Number of counters (`max_entries` of `WAN_COUNTERS`).
+    pub const COUNT: u32 = 11;
+
+    /// All counters, in index order.
+    pub const ALL: [WanCounter; Self::COUNT as usize] = [
+        WanCounter::PassWgInit,
+        WanCounter::PassWgResponse,
+        WanCounter::PassWgCookie,
+        WanCounter::PassWgData,
+        WanCounter::PassFragment,
+        WanCounter::DropTooShort,
+        WanCounter::DropBadType,
+        WanCounter::DropBadReserved,
+        WanCounter::DropBadLength,
+        WanCounter::DropMalformed,
+        WanCounter::OtherPassed,
+    ];
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    pub const fn from_index(index: u32) -> Option<Self> {
+        if index < Self::COUNT {
+            Some(Self::ALL[index as usize])
+        } else {
+            None
+        }
+    }
+
+    /// Stable snake_case name (used for status output).
+    pub const fn name(self) -> &'static str {
+        match self {
+            WanCounter::PassWgInit => "pass_wg_init",
+            WanCounter::PassWgResponse => "pass_wg_response",
+            WanCounter::PassWgCookie => "pass_wg_cookie",
+            WanCounter::PassWgData => "pass_wg_data",
+            WanCounter::PassFragment => "pass_fragment",
+            WanCounter::DropTooShort => "drop_too_short",
+            WanCounter::DropBadType => "drop_bad_type",
+            WanCounter::DropBadReserved => "drop_bad_reserved",
+            WanCounter::DropBadLength => "drop_bad_length",
+            WanCounter::DropMalformed => "drop_malformed",
+            WanCounter::OtherPassed => "other_passed",
+        }
+    }
+
+    /// Whether packets counted here are passed to the kernel (`XDP_PASS`) rather than dropped.
+    pub const fn is_pass(self) -> bool {
+        matches!(
+            self,
+            WanCounter::PassWgInit
+                | WanCounter::PassWgResponse
+                | WanCounter::PassWgCookie
+                | WanCounter::PassWgData
+                | WanCounter::PassFragment
+                | WanCounter::OtherPassed
+        )
+    }
+}
+
+/// Classifies the UDP payload of a datagram addressed to the listen port.
+///
+/// `header` is the first four payload bytes (only meaningful when `payload_len >= 4`), and
+/// `payload_len` the UDP payload length. Returns one of the `PassWg*` or `Drop*` counters
+/// (never `PassFragment`, `DropMalformed` or `OtherPassed`, which depend on the headers).
+/// Shared by the XDP program and the userspace tests so both agree on the rules.
+#[inline(always)]
+pub fn classify_wg_payload(header: [u8; 4], payload_len: u32, strict_padding: bool) -> WanCounter {
+    if payload_len < WG_DATA_MIN_LEN {
+        return WanCounter::DropTooShort;
+    }
+    let (pass, ok) = match header[0] {
+        1 => (WanCounter::PassWgInit, payload_len == WG_HANDSHAKE_INIT_LEN),
+        2 => (
+            WanCounter::PassWgResponse,
+            payload_len == WG_HANDSHAKE_RESPONSE_LEN,
+        ),
+        3 => (WanCounter::PassWgCookie, payload_len == WG_COOKIE_REPLY_LEN),
+        4 => (
+            WanCounter::PassWgData,
+            // Already known to be >= WG_DATA_MIN_LEN.
+            !strict_padding || (payload_len - WG_DATA_MIN_LEN) & 15 == 0,
+        ),
+        _ => return WanCounter::DropBadType,
+    };
+    if header[1] != 0 || header[2] != 0 || header[3] != 0 {
+        return WanCounter::DropBadReserved;
+    }
+    if !ok {
+        return WanCounter::DropBadLength;
+    }
+    pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_indices_are_dense_and_round_trip() {
+        for (i, c) in WanCounter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i as u32);
+            assert_eq!(WanCounter::from_index(i as u32), Some(*c));
+        }
+        assert_eq!(WanCounter::from_index(WanCounter::COUNT), None);
+    }
+
+    #[test]
+    fn config_is_network_order() {
+        let c = WanConfig::new(51820, WAN_FLAG_ENABLED | WAN_FLAG_STRICT_DATA_PADDING);
+        assert_eq!(c.listen_port, [0xca, 0x6c]);
+        assert_eq!(c.flags, [0, 3]);
+        assert_eq!(c.listen_port(), 51820);
+        assert!(c.has_flag(WAN_FLAG_ENABLED));
+        assert_eq!(core::mem::size_of::<WanConfig>(), 4);
+    }
+
+    #[test]
+    fn classify() {
+        use WanCounter::*;
+        let h = |t: u8| [t, 0, 0, 0];
+        assert_eq!(classify_wg_payload(h(1), 148, false), PassWgInit);
+        assert_eq!(classify_wg_payload(h(2), 92, false), PassWgResponse);
+        assert_eq!(classify_wg_payload(h(3), 64, false), PassWgCookie);
+        assert_eq!(classify_wg_payload(h(4), 32, false), PassWgData);
+        assert_eq!(classify_wg_payload(h(4), 33, false), PassWgData);
+        assert_eq!(classify_wg_payload(h(4), 33, true), DropBadLength);
+        assert_eq!(classify_wg_payload(h(4), 48, true), PassWgData);
+        assert_eq!(classify_wg_payload(h(1), 147, false), DropBadLength);
+        assert_eq!(classify_wg_payload(h(1), 149, false), DropBadLength);
+        assert_eq!(classify_wg_payload(h(2), 148, false), DropBadLength);
+        assert_eq!(classify_wg_payload(h(3), 92, false), DropBadLength);
+        assert_eq!(classify_wg_payload(h(1), 31, false), DropTooShort);
+        assert_eq!(classify_wg_payload(h(0), 148, false), DropBadType);
+        assert_eq!(classify_wg_payload(h(5), 148, false), DropBadType);
+        assert_eq!(
+            classify_wg_payload([1, 0, 1, 0], 148, false),
+            DropBadReserved
+        );
+        // Reserved is checked before the length.
+        assert_eq!(
+            classify_wg_payload([2, 1, 0, 0], 100, false),
+            DropBadReserved
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! The local control socket the CLI talks to (`/run/tailgate/tailgate.sock`): one JSON
+//! request line, one JSON response line.
+
+pub mod status;
+pub mod unix_socket;
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+pub use status::Status;
+
+/// Default path of the daemon's control socket.
+pub const DEFAULT_SOCKET: &str = "/run/tailgate/tailgate.sock";
+/// Largest request line accepted from a client.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// A request from the CLI.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// The node's status.
+    Status,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// The node's status.
+    Status(Box<Status>),
+    /// The request failed.
+    Error(String),
+}
+
+/// Answers requests on `listener` with `handler` until the task is dropped.
+pub async fn serve<F>(listener: UnixListener, handler: F)
+where
+    F: Fn(Request) -> Response + Send + Sync + Clone + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, handler).await {
+                log::debug!("control client: {e}");
+            }
+        });
+    }
+}
+
+async fn answer<F: Fn(Request) -> Response>(stream: UnixStream, handler: F) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handler(req),
+        Err(e) => Response::Error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// Sends one request to the daemon at `socket` and returns its answer.
+pub async fn request(socket: &Path, req: &Request) -> Result<Response> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach the tailgate daemon at {} (is `tailgate daemon` running? use --socket for another path)",
+            socket.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut out = serde_json::to_vec(req)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    if line.is_empty() {
+        return Err(anyhow!("daemon closed the connection without answering"));
+    }
+    serde_json::from_str(&line).context("daemon sent an unreadable answer")
+}

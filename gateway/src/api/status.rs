@@ -1,0 +1,127 @@
+//! The node status reported by `tailgate status`, as JSON and as text.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::CounterSnapshot;
+
+/// Everything `tailgate status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// TUN interface name.
+    pub interface: String,
+    /// Our public key (base64).
+    pub public_key: String,
+    /// UDP port in use.
+    pub listen_port: u16,
+    /// Tunnel MTU.
+    pub mtu: u16,
+    /// Data path in use for tunnel packets.
+    pub datapath: String,
+    /// The XDP program's state.
+    pub xdp: XdpStatus,
+    /// Userspace drop counters.
+    pub drops: CounterSnapshot,
+    /// Peers, sorted by public key.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// State of the `wan_ingress` XDP program.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct XdpStatus {
+    /// Whether it is attached.
+    pub attached: bool,
+    /// Interface it is attached to.
+    pub interface: Option<String>,
+    /// "native" or "generic" when attached.
+    pub mode: Option<String>,
+    /// Why it is not attached.
+    pub reason: Option<String>,
+    /// Per-reason packet counters, summed over CPUs.
+    pub counters: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// One peer's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Public key (base64).
+    pub public_key: String,
+    /// Current endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the latest handshake, if there was one.
+    pub latest_handshake_secs_ago: Option<u64>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Persistent keepalive interval (0 = off).
+    pub persistent_keepalive: u16,
+}
+
+impl Status {
+    /// Human-readable rendering, in the spirit of `wg show`.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "interface: {}", self.interface);
+        let _ = writeln!(s, "  public key: {}", self.public_key);
+        let _ = writeln!(s, "  listening port: {}", self.listen_port);
+        let _ = writeln!(s, "  mtu: {}", self.mtu);
+        let _ = writeln!(s, "  datapath: {}", self.datapath);
+        match (&self.xdp.interface, &self.xdp.mode) {
+            (Some(i), Some(m)) if self.xdp.attached => {
+                let _ = writeln!(s, "  xdp: wan_ingress on {i} ({m} mode)");
+            }
+            _ => {
+                let reason = self.xdp.reason.as_deref().unwrap_or("not attached");
+                let _ = writeln!(s, "  xdp: off ({reason})");
+            }
+        }
+        if let Some(c) = &self.xdp.counters {
+            let list: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  xdp counters: {}", list.join(" "));
+        }
+        let d = serde_json::to_value(&self.drops).unwrap_or_default();
+        if let Some(map) = d.as_object() {
+            let nonzero: Vec<String> = map
+                .iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if !nonzero.is_empty() {
+                let _ = writeln!(s, "  userspace drops: {}", nonzero.join(" "));
+            }
+        }
+        for p in &self.peers {
+            let _ = writeln!(s, "\npeer: {}", p.public_key);
+            if let Some(e) = p.endpoint {
+                let _ = writeln!(s, "  endpoint: {e}");
+            }
+            let _ = writeln!(s, "  allowed ips: {}", p.allowed_ips.join(", "));
+            match p.latest_handshake_secs_ago {
+                Some(secs) => {
+                    let _ = writeln!(s, "  latest handshake: {secs} seconds ago");
+                }
+                None => {
+                    let _ = writeln!(s, "  latest handshake: never");
+                }
+            }
+            let _ = writeln!(
+                s,
+                "  transfer: {} B received, {} B sent",
+                p.rx_bytes, p.tx_bytes
+            );
+            if p.persistent_keepalive != 0 {
+                let _ = writeln!(
+                    s,
+                    "  persistent keepalive: every {} seconds",
+                    p.persistent_keepalive
+                );
+            }
+        }
+        s
+    }
+}

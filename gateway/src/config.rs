@@ -1,0 +1,452 @@
+//! The node's TOML configuration: parsing, validation and clear errors.
+//!
+//! Every key is documented in `config/README.md`. Errors name the file, the key and the problem,
+//! e.g. `tailgate.toml: peer 2 (public_key): bad base64`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::wg::Key;
+
+/// Default WireGuard UDP port, as Tailscale uses.
+pub const DEFAULT_LISTEN_PORT: u16 = 41641;
+/// Default tunnel MTU, as Tailscale uses.
+pub const DEFAULT_MTU: u16 = 1280;
+/// Environment variable that overrides the configured MTU (Tailscale's name).
+pub const MTU_ENV: &str = "TS_DEBUG_MTU";
+/// Smallest MTU that can carry IPv6 (RFC 8200).
+const MIN_MTU: u16 = 1280;
+/// Largest tunnel MTU: 65535 minus the outer IPv6/UDP/WireGuard overhead.
+const MAX_MTU: u16 = 65535 - 40 - 8 - 32;
+
+/// A configuration error, always naming the file and (where known) the key.
+#[derive(Debug)]
+pub struct ConfigError {
+    file: PathBuf,
+    place: String,
+    problem: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, place: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            place: place.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.place.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.place,
+                self.problem
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How the `wan_ingress` XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, generic (SKB) mode as fallback, none if BPF is unavailable.
+    #[default]
+    Auto,
+    /// Native mode only.
+    Native,
+    /// Generic (SKB) mode only.
+    Generic,
+    /// Do not load any XDP program.
+    Off,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The local interface.
+    pub interface: InterfaceConfig,
+    /// Static peers, in file order.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// The `[interface]` table, validated.
+#[derive(Debug, Clone)]
+pub struct InterfaceConfig {
+    /// TUN device name.
+    pub name: String,
+    /// Our static private key.
+    pub private_key: Key,
+    /// UDP port for WireGuard traffic (0 = pick a free one).
+    pub listen_port: u16,
+    /// Addresses assigned to the TUN device.
+    pub addresses: Vec<IpNet>,
+    /// Tunnel MTU.
+    pub mtu: u16,
+    /// XDP attach mode for `wan_ingress`.
+    pub xdp: XdpMode,
+    /// Interface to attach `wan_ingress` to; by default the one routing toward the peers.
+    pub xdp_interface: Option<String>,
+}
+
+/// One `[[peer]]` table, validated.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The peer's static public key.
+    pub public_key: Key,
+    /// Optional pre-shared key mixed into the handshake.
+    pub preshared_key: Option<Key>,
+    /// Where to send packets until the peer roams.
+    pub endpoint: Option<SocketAddr>,
+    /// Inner source addresses accepted from, and destinations routed to, this peer.
+    pub allowed_ips: Vec<IpNet>,
+    /// Keepalive interval in seconds, if any.
+    pub persistent_keepalive: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: RawInterface,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: String,
+    private_key: Option<String>,
+    private_key_file: Option<PathBuf>,
+    listen_port: Option<u16>,
+    #[serde(default)]
+    address: Vec<String>,
+    mtu: Option<u16>,
+    #[serde(default)]
+    xdp: XdpMode,
+    xdp_interface: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: String,
+    preshared_key: Option<String>,
+    endpoint: Option<String>,
+    #[serde(default)]
+    allowed_ips: Vec<String>,
+    persistent_keepalive: Option<u16>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file. `TS_DEBUG_MTU` overrides `mtu`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+        let mtu_override = std::env::var(MTU_ENV).ok();
+        Self::parse(path, &text, mtu_override.as_deref())
+    }
+
+    /// Parses configuration text; `path` is used only in error messages and to resolve
+    /// a relative `private_key_file`.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        mtu_override: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::new(path, "", toml_error(&e)))?;
+        let interface = validate_interface(path, raw.interface, mtu_override)?;
+        let mut peers = Vec::with_capacity(raw.peer.len());
+        let mut seen = HashSet::new();
+        for (i, p) in raw.peer.into_iter().enumerate() {
+            let peer = validate_peer(path, i + 1, p)?;
+            if !seen.insert(peer.public_key) {
+                return Err(ConfigError::new(
+                    path,
+                    format!("peer {} (public_key)", i + 1),
+                    "duplicate peer: this public key is already configured",
+                ));
+            }
+            if peer.public_key == interface.private_key.public_key() {
+                return Err(ConfigError::new(
+                    path,
+                    format!("peer {} (public_key)", i + 1),
+                    "this is the interface's own public key",
+                ));
+            }
+            peers.push(peer);
+        }
+        Ok(Config { interface, peers })
+    }
+}
+
+fn toml_error(e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => format!("{} (at byte {})", e.message(), span.start),
+        None => e.message().to_string(),
+    }
+}
+
+fn validate_interface(
+    path: &Path,
+    raw: RawInterface,
+    mtu_override: Option<&str>,
+) -> Result<InterfaceConfig, ConfigError> {
+    let err =
+        |key: &str, problem: String| ConfigError::new(path, format!("interface.{key}"), problem);
+    validate_ifname(&raw.name).map_err(|p| err("name", p))?;
+    let private_key = match (raw.private_key, raw.private_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "private_key",
+                "set either private_key or private_key_file, not both".into(),
+            ))
+        }
+        (None, None) => return Err(err(
+            "private_key",
+            "missing: set private_key or private_key_file (generate one with `tailgate genkey`)"
+                .into(),
+        )),
+        (Some(k), None) => Key::from_base64(&k).map_err(|e| err("private_key", e.to_string()))?,
+        (None, Some(file)) => {
+            let file = path.parent().map(|d| d.join(&file)).unwrap_or(file);
+            read_private_key_file(&file).map_err(|p| err("private_key_file", p))?
+        }
+    };
+    let addresses = raw
+        .address
+        .iter()
+        .map(|a| parse_cidr(a).map_err(|p| err("address", p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mtu = match mtu_override {
+        Some(v) => v
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| err("mtu", format!("{MTU_ENV}={v:?} is not a number")))?,
+        None => raw.mtu.unwrap_or(DEFAULT_MTU),
+    };
+    if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+        return Err(err(
+            "mtu",
+            format!("{mtu} is out of range {MIN_MTU}..={MAX_MTU}"),
+        ));
+    }
+    if let Some(x) = &raw.xdp_interface {
+        validate_ifname(x).map_err(|p| err("xdp_interface", p))?;
+    }
+    Ok(InterfaceConfig {
+        name: raw.name,
+        private_key,
+        listen_port: raw.listen_port.unwrap_or(DEFAULT_LISTEN_PORT),
+        addresses,
+        mtu,
+        xdp: raw.xdp,
+        xdp_interface: raw.xdp_interface,
+    })
+}
+
+fn validate_peer(path: &Path, n: usize, raw: RawPeer) -> Result<PeerConfig, ConfigError> {
+    let err =
+        |key: &str, problem: String| ConfigError::new(path, format!("peer {n} ({key})"), problem);
+    let public_key =
+        Key::from_base64(&raw.public_key).map_err(|e| err("public_key", e.to_string()))?;
+    let preshared_key = raw
+        .preshared_key
+        .map(|k| Key::from_base64(&k).map_err(|e| err("preshared_key", e.to_string())))
+        .transpose()?;
+    let endpoint = raw
+        .endpoint
+        .map(|e| parse_endpoint(&e).map_err(|p| err("endpoint", p)))
+        .transpose()?;
+    let allowed_ips = raw
+        .allowed_ips
+        .iter()
+        .map(|a| parse_cidr(a).map_err(|p| err("allowed_ips", p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PeerConfig {
+        public_key,
+        preshared_key,
+        endpoint,
+        allowed_ips,
+        persistent_keepalive: raw.persistent_keepalive.filter(|&k| k != 0),
+    })
+}
+
+/// Checks a Linux interface name: 1–15 bytes, no `/`, whitespace or `:`.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} must be 1 to 15 characters"));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+/// Parses `addr/prefix` (or a bare address, meaning a host route) into a network.
+/// Host bits must be zero unless the prefix is a host address (used for interface addresses).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!(
+        "{s:?} is not a valid CIDR (expected e.g. 10.0.0.0/24 or fd00::/64)"
+    ))
+}
+
+/// Parses `host:port` (IPv6 as `[addr]:port`), resolving a host name once.
+pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "{s:?} has no port (expected host:port, IPv6 as [addr]:port)"
+        ));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{s:?}: port {port:?} is not a number 0-65535"));
+    }
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!("{s:?}: write IPv6 endpoints as [addr]:port"));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?}: cannot resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?}: host name has no address"))
+}
+
+/// Reads a base64 private key from a file that must not be readable by other users.
+pub fn read_private_key_file(file: &Path) -> Result<Key, String> {
+    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(format!(
+            "{} is world-readable; run `chmod 600 {}`",
+            file.display(),
+            file.display()
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Key::from_base64(text.trim()).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "YEocP0uB4VQvKpz0Bg+R3jcGZ8SbKYCiPHvMbGwnQGk=";
+    const KEY_B: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("t.toml"), text, None).map_err(|e| e.to_string())
+    }
+
+    fn iface() -> String {
+        format!("[interface]\nname = \"tg0\"\nprivate_key = \"{KEY_A}\"\n")
+    }
+
+    #[test]
+    fn full_example_parses_with_defaults() {
+        let c = parse(&format!(
+            "{}address = [\"100.64.0.1/32\", \"fd7a:115c:a1e0::1/128\"]\n\
+             [[peer]]\npublic_key = \"{KEY_B}\"\nendpoint = \"[::1]:51820\"\n\
+             allowed_ips = [\"100.64.0.2/32\", \"192.168.50.0/24\"]\npersistent_keepalive = 25\n",
+            iface()
+        ))
+        .unwrap();
+        assert_eq!(c.interface.listen_port, DEFAULT_LISTEN_PORT);
+        assert_eq!(c.interface.mtu, DEFAULT_MTU);
+        assert_eq!(c.interface.addresses.len(), 2);
+        assert_eq!(c.peers[0].endpoint, Some("[::1]:51820".parse().unwrap()));
+        assert_eq!(c.peers[0].persistent_keepalive, Some(25));
+    }
+
+    #[test]
+    fn errors_name_key_and_problem() {
+        let e = parse(&format!("{}[[peer]]\npublic_key = \"abc\"\n", iface())).unwrap_err();
+        assert!(e.starts_with("t.toml: peer 1 (public_key): "), "{e}");
+        let e = parse(&format!(
+            "{}[[peer]]\npublic_key = \"{KEY_B}\"\nallowed_ips = [\"10.0.0.0/33\"]\n",
+            iface()
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("peer 1 (allowed_ips)") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
+        let e = parse(&format!("{}bogus = 1\n", iface())).unwrap_err();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = parse(&format!(
+            "{0}[[peer]]\npublic_key = \"{KEY_B}\"\n[[peer]]\npublic_key = \"{KEY_B}\"\n",
+            iface()
+        ))
+        .unwrap_err();
+        assert!(e.contains("peer 2 (public_key): duplicate peer"), "{e}");
+        let e = parse(&format!(
+            "{}[[peer]]\npublic_key = \"{KEY_B}\"\nendpoint = \"::1:5\"\n",
+            iface()
+        ))
+        .unwrap_err();
+        assert!(e.contains("[addr]:port"), "{e}");
+        let e = parse("[interface]\nname = \"tg0\"\n").unwrap_err();
+        assert!(e.contains("interface.private_key: missing"), "{e}");
+    }
+
+    #[test]
+    fn mtu_override_and_bounds() {
+        let path = Path::new("t.toml");
+        let c = Config::parse(path, &iface(), Some("1420")).unwrap();
+        assert_eq!(c.interface.mtu, 1420);
+        let e = Config::parse(path, &iface(), Some("99"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("interface.mtu: 99 is out of range"), "{e}");
+        let e = Config::parse(path, &iface(), Some("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TS_DEBUG_MTU"), "{e}");
+    }
+
+    #[test]
+    fn private_key_file_must_not_be_world_readable() {
+        let dir = std::env::temp_dir().join(format!("tg-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, format!("{KEY_A}\n")).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = "[interface]\nname = \"tg0\"\nprivate_key_file = \"key\"\n";
+        let e = Config::parse(&dir.join("c.toml"), text, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("world-readable"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(&dir.join("c.toml"), text, None).unwrap();
+        assert_eq!(c.interface.private_key.to_base64(), KEY_A);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

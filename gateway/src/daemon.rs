@@ -1,0 +1,244 @@
+//! `tailgate daemon`: brings the interface up from a config file, runs the data path and the
+//! local APIs, and tears everything down on SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+
+use crate::api::status::{PeerStatus, XdpStatus};
+use crate::api::unix_socket::BoundSocket;
+use crate::api::{Request, Response, Status};
+use crate::config::{Config, XdpMode};
+use crate::device::{datapath, lock, Device};
+use crate::io::tun::Tun;
+use crate::io::udp::WgSocket;
+use crate::netcfg::{InstalledRoutes, Netlink};
+use crate::uapi;
+use crate::xdp::{AttachPreference, XdpWanIngress};
+
+/// Options of `tailgate daemon` beyond the config file.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The TOML config file.
+    pub config: PathBuf,
+    /// Control socket for the CLI.
+    pub socket: PathBuf,
+    /// Run without any XDP program.
+    pub no_xdp: bool,
+}
+
+/// The XDP program, or why there is none.
+struct XdpState {
+    program: Option<XdpWanIngress>,
+    interface: Option<String>,
+    reason: Option<String>,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM or a fatal data-path error.
+pub async fn run(opts: DaemonOptions) -> Result<()> {
+    let cfg = Config::load(&opts.config)?;
+    let iface = &cfg.interface;
+    let tun = Tun::create(&iface.name).with_context(|| {
+        format!(
+            "creating TUN device {} (needs root or CAP_NET_ADMIN and /dev/net/tun)",
+            iface.name
+        )
+    })?;
+    let netlink = Netlink::connect()?;
+    let index = netlink.link_index(tun.name()).await?;
+    let socket = WgSocket::bind(iface.listen_port)
+        .await
+        .with_context(|| format!("binding UDP port {}", iface.listen_port))?;
+    let listen_port = socket.local_port()?;
+    let dev = Arc::new(Device::new(
+        iface.name.clone(),
+        tun,
+        socket,
+        iface.private_key,
+        listen_port,
+    ));
+    dev.add_configured_peers(&cfg.peers)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.config.display()))?;
+    netlink
+        .configure_interface(index, iface.mtu, &iface.addresses)
+        .await
+        .with_context(|| format!("configuring {}", iface.name))?;
+    let routes = Arc::new(tokio::sync::Mutex::new(InstalledRoutes::new(
+        netlink.clone(),
+        index,
+    )));
+    routes.lock().await.sync(&dev.allowed_networks()).await?;
+
+    let xdp = Arc::new(Mutex::new(
+        attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp).await,
+    ));
+    let (_uapi_file, uapi_listener) = BoundSocket::bind(&uapi::server::socket_path(&iface.name))?;
+    let (_api_file, api_listener) = BoundSocket::bind(&opts.socket)?;
+    log::info!(
+        "{} up: public key {}, UDP port {listen_port}, {} peer(s), control socket {}",
+        iface.name,
+        iface.private_key.public_key().to_base64(),
+        cfg.peers.len(),
+        opts.socket.display()
+    );
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(named("tun reader", datapath::tun_to_udp(dev.clone())));
+    tasks.spawn(named("udp reader", datapath::udp_to_tun(dev.clone())));
+    tasks.spawn(async_ok(datapath::timers(dev.clone())));
+    tasks.spawn(async_ok(uapi::server::serve(
+        uapi_listener,
+        dev.clone(),
+        routes.clone(),
+    )));
+    let (status_dev, status_xdp, mtu) = (dev.clone(), xdp.clone(), iface.mtu);
+    tasks.spawn(async_ok(crate::api::serve(
+        api_listener,
+        move |req| match req {
+            Request::Status => Response::Status(Box::new(status(&status_dev, &status_xdp, mtu))),
+        },
+    )));
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let outcome = tokio::select! {
+        _ = sigint.recv() => { log::info!("SIGINT: shutting down"); Ok(()) }
+        _ = sigterm.recv() => { log::info!("SIGTERM: shutting down"); Ok(()) }
+        Some(done) = tasks.join_next() => match done {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("data path task failed: {e}")),
+        },
+    };
+    tasks.shutdown().await;
+    if let Err(e) = routes.lock().await.clear().await {
+        log::warn!("removing routes: {e:#}");
+    }
+    lock(&xdp).program.take();
+    log::info!("{} down", iface.name);
+    outcome
+}
+
+async fn named(
+    what: &'static str,
+    f: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<()> {
+    f.await.with_context(|| what)
+}
+
+async fn async_ok(f: impl std::future::Future<Output = ()>) -> Result<()> {
+    f.await;
+    Ok(())
+}
+
+/// Attaches `wan_ingress` where the tunnel's UDP traffic arrives, or explains why not.
+async fn attach_xdp(cfg: &Config, netlink: &Netlink, listen_port: u16, no_xdp: bool) -> XdpState {
+    let off = |reason: String| {
+        log::warn!("XDP disabled: {reason}; running without the wan_ingress fast path");
+        XdpState {
+            program: None,
+            interface: None,
+            reason: Some(reason),
+        }
+    };
+    let pref = match (no_xdp, cfg.interface.xdp) {
+        (true, _) => return off("--no-xdp given".into()),
+        (_, XdpMode::Off) => return off("interface.xdp = \"off\" in config".into()),
+        (_, XdpMode::Auto) => AttachPreference::Auto,
+        (_, XdpMode::Native) => AttachPreference::Native,
+        (_, XdpMode::Generic) => AttachPreference::Generic,
+    };
+    let ifname = match wan_interface(cfg, netlink).await {
+        Ok(n) => n,
+        Err(e) => return off(format!("{e:#}")),
+    };
+    match XdpWanIngress::attach(&ifname, listen_port, pref) {
+        Ok(p) => {
+            log::info!(
+                "XDP wan_ingress attached to {ifname} in {} mode",
+                p.attach_mode()
+            );
+            XdpState {
+                program: Some(p),
+                interface: Some(ifname),
+                reason: None,
+            }
+        }
+        Err(e) => off(format!("attaching wan_ingress to {ifname}: {e}")),
+    }
+}
+
+/// The interface that carries the tunnel's UDP traffic: the configured one, else the one
+/// toward the first peer endpoint, else the only non-loopback interface that is up.
+async fn wan_interface(cfg: &Config, netlink: &Netlink) -> Result<String> {
+    if let Some(name) = &cfg.interface.xdp_interface {
+        return Ok(name.clone());
+    }
+    if let Some(ep) = cfg.peers.iter().find_map(|p| p.endpoint) {
+        return netlink.interface_toward(ep).await;
+    }
+    let candidates: Vec<String> = netlink
+        .up_interfaces()
+        .await?
+        .into_iter()
+        .filter(|n| *n != cfg.interface.name)
+        .collect();
+    match candidates.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(anyhow::anyhow!(
+            "cannot tell which interface carries WireGuard traffic (candidates: {}); set interface.xdp_interface",
+            candidates.join(", ")
+        )),
+    }
+}
+
+fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16) -> Status {
+    let snap = dev.snapshot();
+    let now = SystemTime::now();
+    let xdp = lock(xdp);
+    let (mode, counters) = match &xdp.program {
+        Some(p) => {
+            let counters = p
+                .counters()
+                .ok()
+                .and_then(|c| serde_json::to_value(c).ok())
+                .and_then(|v| v.as_object().cloned());
+            (Some(p.attach_mode().to_string()), counters)
+        }
+        None => (None, None),
+    };
+    Status {
+        interface: dev.name.clone(),
+        public_key: dev.state().public_key.to_base64(),
+        listen_port: snap.listen_port,
+        mtu,
+        datapath: "userspace (tokio, one packet per syscall)".into(),
+        xdp: XdpStatus {
+            attached: xdp.program.is_some(),
+            interface: xdp.interface.clone(),
+            mode,
+            reason: xdp.reason.clone(),
+            counters,
+        },
+        drops: dev.counters.snapshot(),
+        peers: snap
+            .peers
+            .into_iter()
+            .map(|p| PeerStatus {
+                public_key: p.public_key.to_base64(),
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+                latest_handshake_secs_ago: p
+                    .last_handshake
+                    .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                persistent_keepalive: p.persistent_keepalive,
+            })
+            .collect(),
+    }
+}

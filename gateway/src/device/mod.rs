@@ -1,0 +1,307 @@
+//! The device: peers, cryptokey routing and the state the data path, the `wg` API and the
+//! status API share.
+
+pub mod counters;
+pub mod datapath;
+pub mod load;
+pub mod peer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use ipnet::IpNet;
+
+use crate::config::PeerConfig;
+use crate::io::tun::Tun;
+use crate::io::udp::WgSocket;
+use crate::route::PrefixTable;
+use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest, UapiError};
+use crate::wg::{Key, Responder};
+
+pub use counters::{CounterSnapshot, Counters, DropReason};
+pub use load::LoadMeter;
+pub use peer::{lock, Peer, PeerSettings};
+
+/// Largest peer id: session indices are `id << 8 | n`, so ids have 24 bits.
+const MAX_PEER_ID: u32 = (1 << 24) - 1;
+
+/// One WireGuard interface.
+pub struct Device {
+    /// TUN device name.
+    pub name: String,
+    /// The TUN device.
+    pub tun: Tun,
+    /// The WireGuard UDP socket.
+    pub socket: WgSocket,
+    /// Packet drop counters.
+    pub counters: Counters,
+    /// Handshake load meter (cookies under load).
+    pub load: LoadMeter,
+    state: RwLock<DeviceState>,
+}
+
+/// Keys, peers and the routing table; replaced only under the write lock.
+pub struct DeviceState {
+    /// Our static private key.
+    pub private_key: Key,
+    /// Our static public key.
+    pub public_key: Key,
+    /// Bound UDP port.
+    pub listen_port: u16,
+    /// Firewall mark on outgoing packets.
+    pub fwmark: u32,
+    /// Handshake MAC/cookie checks and initiator identification.
+    pub responder: Responder,
+    /// Peers by public key.
+    pub peers: HashMap<Key, Arc<Peer>>,
+    /// Peers by id (upper 24 bits of session indices).
+    pub by_id: HashMap<u32, Arc<Peer>>,
+    /// Longest-prefix match over all allowed IPs.
+    pub routes: PrefixTable<Arc<Peer>>,
+    next_id: u32,
+}
+
+impl DeviceState {
+    fn new(private_key: Key, listen_port: u16) -> Self {
+        let public_key = private_key.public_key();
+        DeviceState {
+            responder: Responder::new(private_key),
+            private_key,
+            public_key,
+            listen_port,
+            fwmark: 0,
+            peers: HashMap::new(),
+            by_id: HashMap::new(),
+            routes: PrefixTable::new(),
+            next_id: 1,
+        }
+    }
+
+    fn allocate_id(&mut self) -> Result<u32, UapiError> {
+        for _ in 0..=MAX_PEER_ID {
+            let id = self.next_id;
+            self.next_id = if id >= MAX_PEER_ID { 1 } else { id + 1 };
+            if !self.by_id.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+        Err(UapiError::invalid("too many peers"))
+    }
+
+    fn add_peer(
+        &mut self,
+        public_key: Key,
+        settings: PeerSettings,
+        now: Instant,
+    ) -> Result<Arc<Peer>, UapiError> {
+        if public_key == self.public_key {
+            return Err(UapiError::invalid(
+                "peer public key is the interface's own key",
+            ));
+        }
+        let id = self.allocate_id()?;
+        let peer = Arc::new(Peer::new(id, &self.private_key, public_key, settings, now));
+        self.peers.insert(public_key, peer.clone());
+        self.by_id.insert(id, peer.clone());
+        Ok(peer)
+    }
+
+    fn remove_peer(&mut self, public_key: &Key) {
+        if let Some(p) = self.peers.remove(public_key) {
+            self.by_id.remove(&p.id);
+        }
+    }
+
+    /// Rebuilds the routing table from every peer's allowed IPs.
+    fn rebuild_routes(&mut self) {
+        let mut routes = PrefixTable::new();
+        for p in self.peers.values() {
+            for net in &lock(&p.settings).allowed_ips {
+                routes.insert(*net, p.clone());
+            }
+        }
+        self.routes = routes;
+    }
+
+    /// Gives `nets` to `owner` alone: as in WireGuard, an allowed IP moves to the peer that
+    /// claimed it last.
+    fn release_from_others(&self, owner: &Peer, nets: &[IpNet]) {
+        for p in self.peers.values().filter(|p| p.id != owner.id) {
+            lock(&p.settings).allowed_ips.retain(|n| !nets.contains(n));
+        }
+    }
+}
+
+impl Device {
+    /// A device with our key and no peers yet.
+    pub fn new(
+        name: String,
+        tun: Tun,
+        socket: WgSocket,
+        private_key: Key,
+        listen_port: u16,
+    ) -> Device {
+        let now = Instant::now();
+        Device {
+            name,
+            tun,
+            socket,
+            counters: Counters::default(),
+            load: LoadMeter::new(now),
+            state: RwLock::new(DeviceState::new(private_key, listen_port)),
+        }
+    }
+
+    /// Shared access to keys, peers and routes.
+    pub fn state(&self) -> RwLockReadGuard<'_, DeviceState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state_mut(&self) -> RwLockWriteGuard<'_, DeviceState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the peers of a configuration file.
+    pub fn add_configured_peers(&self, peers: &[PeerConfig]) -> Result<(), UapiError> {
+        let req = SetRequest {
+            peers: peers
+                .iter()
+                .map(|p| PeerUpdate {
+                    public_key: p.public_key,
+                    remove: false,
+                    update_only: false,
+                    preshared_key: p.preshared_key.map(Some),
+                    endpoint: p.endpoint,
+                    persistent_keepalive: p.persistent_keepalive,
+                    replace_allowed_ips: true,
+                    allowed_ips: p.allowed_ips.iter().map(IpNet::trunc).collect(),
+                })
+                .collect(),
+            ..SetRequest::default()
+        };
+        self.apply(&req)
+    }
+
+    /// Applies a `wg set`-style request. Validation happens before any change, so a bad
+    /// request leaves the device as it was.
+    pub fn apply(&self, req: &SetRequest) -> Result<(), UapiError> {
+        let now = Instant::now();
+        let mut st = self.state_mut();
+        if let Some(port) = req.listen_port {
+            if port != st.listen_port {
+                return Err(UapiError::invalid(format!(
+                    "changing listen_port at runtime ({} -> {port}) is not supported; \
+                     change it in the config file and restart the daemon",
+                    st.listen_port
+                )));
+            }
+        }
+        if let Some(key) = &req.private_key {
+            let key = (*key)
+                .ok_or_else(|| UapiError::invalid("removing the private key is not supported"))?;
+            if key != st.private_key {
+                st.public_key = key.public_key();
+                st.responder = Responder::new(key);
+                st.private_key = key;
+                let own = st.public_key;
+                st.remove_peer(&own);
+                for p in st.peers.values() {
+                    p.rekey_local(&st.private_key, now);
+                }
+            }
+        }
+        if let Some(mark) = req.fwmark {
+            self.socket
+                .set_fwmark(mark)
+                .map_err(|e| UapiError::invalid(format!("fwmark: {e}")))?;
+            st.fwmark = mark;
+        }
+        if req.replace_peers {
+            st.peers.clear();
+            st.by_id.clear();
+        }
+        for u in &req.peers {
+            if u.remove {
+                st.remove_peer(&u.public_key);
+                continue;
+            }
+            let peer = match st.peers.get(&u.public_key) {
+                Some(p) => p.clone(),
+                None if u.update_only => continue,
+                None => st.add_peer(u.public_key, PeerSettings::default(), now)?,
+            };
+            st.release_from_others(&peer, &u.allowed_ips);
+            apply_peer_update(&peer, u, now);
+        }
+        st.rebuild_routes();
+        Ok(())
+    }
+
+    /// Every allowed IP of every peer (what the TUN routes must cover).
+    pub fn allowed_networks(&self) -> Vec<IpNet> {
+        let st = self.state();
+        let mut nets: Vec<IpNet> = st
+            .peers
+            .values()
+            .flat_map(|p| lock(&p.settings).allowed_ips.clone())
+            .collect();
+        nets.sort();
+        nets.dedup();
+        nets
+    }
+
+    /// What `wg show` needs.
+    pub fn snapshot(&self) -> DeviceSnapshot {
+        let st = self.state();
+        let mut peers: Vec<PeerSnapshot> = st
+            .peers
+            .values()
+            .map(|p| {
+                let s = lock(&p.settings).clone();
+                let stats = lock(&p.tunnel).stats();
+                PeerSnapshot {
+                    public_key: p.public_key,
+                    preshared_key: s.preshared_key,
+                    endpoint: s.endpoint,
+                    last_handshake: stats.last_handshake,
+                    tx_bytes: stats.tx_bytes,
+                    rx_bytes: stats.rx_bytes,
+                    persistent_keepalive: s.persistent_keepalive,
+                    allowed_ips: s.allowed_ips,
+                }
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key.to_base64());
+        DeviceSnapshot {
+            private_key: Some(st.private_key),
+            listen_port: st.listen_port,
+            fwmark: st.fwmark,
+            peers,
+        }
+    }
+}
+
+fn apply_peer_update(peer: &Peer, u: &PeerUpdate, now: Instant) {
+    let mut s = lock(&peer.settings);
+    if let Some(ep) = u.endpoint {
+        s.endpoint = Some(ep);
+    }
+    if u.replace_allowed_ips {
+        s.allowed_ips.clear();
+    }
+    for net in &u.allowed_ips {
+        if !s.allowed_ips.contains(net) {
+            s.allowed_ips.push(*net);
+        }
+    }
+    let mut t = lock(&peer.tunnel);
+    if let Some(psk) = &u.preshared_key {
+        s.preshared_key = *psk;
+        t.set_preshared_key(*psk);
+    }
+    if let Some(ka) = u.persistent_keepalive {
+        s.persistent_keepalive = ka;
+        t.set_persistent_keepalive((ka != 0).then_some(ka), now);
+    }
+}

@@ -1,0 +1,131 @@
+//! The WireGuard UDP socket: one dual-stack socket with large buffers.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+/// Socket buffer size requested for both directions (bursts of a fast tunnel).
+const SOCKET_BUFFER_BYTES: libc::c_int = 7 * 1024 * 1024;
+
+/// A UDP socket for WireGuard datagrams, IPv4 and IPv6 on one port where the host has IPv6.
+pub struct WgSocket {
+    sock: UdpSocket,
+    dual_stack: bool,
+}
+
+impl WgSocket {
+    /// Binds `[::]:port` (dual-stack), or `0.0.0.0:port` where IPv6 is unavailable.
+    /// Must run inside a tokio runtime.
+    pub async fn bind(port: u16) -> io::Result<WgSocket> {
+        let (sock, dual_stack) = match bind_std(Domain::IPV6, port) {
+            Ok(s) => (s, true),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
+            Err(_) => (bind_std(Domain::IPV4, port)?, false),
+        };
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            // FORCE needs CAP_NET_ADMIN; the plain option is capped by net.core.*mem_max.
+            if set_int_opt(&sock, libc::SOL_SOCKET, force, SOCKET_BUFFER_BYTES).is_err() {
+                let _ = set_int_opt(&sock, libc::SOL_SOCKET, plain, SOCKET_BUFFER_BYTES);
+            }
+        }
+        Ok(WgSocket {
+            sock: UdpSocket::from_std(sock)?,
+            dual_stack,
+        })
+    }
+
+    /// The bound UDP port.
+    pub fn local_port(&self) -> io::Result<u16> {
+        Ok(self.sock.local_addr()?.port())
+    }
+
+    /// Receives one datagram; IPv4-mapped source addresses are returned as IPv4.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, from) = self.sock.recv_from(buf).await?;
+        Ok((n, canonical(from)))
+    }
+
+    /// Sends one datagram to `to` (IPv4 or IPv6).
+    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.sock.send_to(buf, self.wire_addr(to)).await
+    }
+
+    /// Sends one datagram without waiting; `WouldBlock` when the socket buffer is full.
+    pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.sock.try_send_to(buf, self.wire_addr(to))
+    }
+
+    /// Sets `SO_MARK` on outgoing datagrams (0 clears it), for policy routing.
+    pub fn set_fwmark(&self, mark: u32) -> io::Result<()> {
+        set_int_opt(
+            &self.sock,
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            mark as libc::c_int,
+        )
+    }
+
+    fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) if self.dual_stack => {
+                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Turns an IPv4-mapped IPv6 socket address into a plain IPv4 one.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// A non-blocking UDP socket bound to the unspecified address of `domain`; IPv6 sockets
+/// also accept IPv4 (`IPV6_V6ONLY` off, set before binding).
+fn bind_std(domain: Domain, port: u16) -> io::Result<std::net::UdpSocket> {
+    let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    let addr: SocketAddr = if domain == Domain::IPV6 {
+        sock.set_only_v6(false)?;
+        (Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+fn set_int_opt(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: value is a live c_int and the length passed matches its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! Links, addresses and routes via rtnetlink. Everything added here is removed on shutdown
+//! (routes explicitly; addresses with the TUN device, which the kernel deletes when it closes).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use anyhow::{anyhow, Context, Result};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::RouteMessage;
+use rtnetlink::Handle;
+
+/// A connection to the kernel's routing netlink socket.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink connection; its reader runs as a tokio task.
+    pub fn connect() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// The index of interface `name`.
+    pub async fn link_index(&self, name: &str) -> Result<u32> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(link.header.index),
+            Ok(None) => Err(anyhow!("no interface named {name}")),
+            Err(e) => Err(anyhow!("looking up interface {name}: {e}")),
+        }
+    }
+
+    /// The name of the interface with `index`.
+    pub async fn link_name(&self, index: u32) -> Result<String> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links
+            .try_next()
+            .await
+            .with_context(|| format!("looking up interface {index}"))?
+            .ok_or_else(|| anyhow!("no interface with index {index}"))?;
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("interface {index} has no name"))
+    }
+
+    /// Sets the MTU, adds the addresses and brings the interface up.
+    pub async fn configure_interface(
+        &self,
+        index: u32,
+        mtu: u16,
+        addresses: &[IpNet],
+    ) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .mtu(u32::from(mtu))
+            .execute()
+            .await
+            .with_context(|| format!("setting MTU {mtu}"))?;
+        for a in addresses {
+            let r = self
+                .handle
+                .address()
+                .add(index, a.addr(), a.prefix_len())
+                .execute()
+                .await;
+            if let Err(e) = r {
+                if !is_exists(&e) {
+                    return Err(anyhow!("adding address {a}: {e}"));
+                }
+            }
+        }
+        self.handle
+            .link()
+            .set(index)
+            .up()
+            .execute()
+            .await
+            .context("bringing interface up")?;
+        Ok(())
+    }
+
+    /// Adds a route for `net` through interface `index`; `Ok(None)` if it already existed.
+    async fn add_route(&self, index: u32, net: IpNet) -> Result<Option<RouteMessage>> {
+        let (result, msg) = match net {
+            IpNet::V4(n) => {
+                let mut req = self
+                    .handle
+                    .route()
+                    .add()
+                    .v4()
+                    .destination_prefix(n.network(), n.prefix_len())
+                    .output_interface(index);
+                let msg = req.message_mut().clone();
+                (req.execute().await, msg)
+            }
+            IpNet::V6(n) => {
+                let mut req = self
+                    .handle
+                    .route()
+                    .add()
+                    .v6()
+                    .destination_prefix(n.network(), n.prefix_len())
+                    .output_interface(index);
+                let msg = req.message_mut().clone();
+                (req.execute().await, msg)
+            }
+        };
+        match result {
+            Ok(()) => Ok(Some(msg)),
+            Err(e) if is_exists(&e) => Ok(None),
+            Err(e) => Err(anyhow!("adding route {net}: {e}")),
+        }
+    }
+
+    async fn del_route(&self, msg: RouteMessage) -> Result<()> {
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(anyhow!("deleting route: {e}")),
+        }
+    }
+
+    /// The name of the interface whose address the kernel would use to reach `dst`.
+    pub async fn interface_toward(&self, dst: SocketAddr) -> Result<String> {
+        let probe = match dst {
+            SocketAddr::V4(_) => UdpSocket::bind(("0.0.0.0", 0)),
+            SocketAddr::V6(_) => UdpSocket::bind(("::", 0)),
+        }
+        .context("probe socket")?;
+        probe
+            .connect(dst)
+            .with_context(|| format!("no route to {dst}"))?;
+        let local = probe.local_addr()?.ip();
+        self.interface_with_address(local).await
+    }
+
+    /// The name of the interface that holds `addr`.
+    pub async fn interface_with_address(&self, addr: IpAddr) -> Result<String> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_address_filter(addr)
+            .execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            let holds = msg.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == addr)
+            });
+            if holds {
+                return self.link_name(msg.header.index).await;
+            }
+        }
+        Err(anyhow!("no interface holds address {addr}"))
+    }
+
+    /// Names of all interfaces that are up, except loopback.
+    pub async fn up_interfaces(&self) -> Result<Vec<String>> {
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(link) = links.try_next().await.context("listing interfaces")? {
+            use netlink_packet_route::link::LinkFlag;
+            let flags = &link.header.flags;
+            if flags.contains(&LinkFlag::Up) && !flags.contains(&LinkFlag::Loopback) {
+                if let Some(n) = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                }) {
+                    names.push(n);
+                }
+            }
+        }
+        Ok(names)
+    }
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    errno_of(e) == Some(libc::EEXIST)
+}
+
+fn is_not_found(e: &rtnetlink::Error) -> bool {
+    matches!(errno_of(e), Some(libc::ESRCH) | Some(libc::ENOENT))
+}
+
+/// The routes this daemon installed through its TUN device, kept in step with the peers'
+/// allowed IPs.
+pub struct InstalledRoutes {
+    netlink: Netlink,
+    index: u32,
+    routes: HashMap<IpNet, Option<RouteMessage>>,
+}
+
+impl InstalledRoutes {
+    /// No routes yet, for interface `index`.
+    pub fn new(netlink: Netlink, index: u32) -> Self {
+        InstalledRoutes {
+            netlink,
+            index,
+            routes: HashMap::new(),
+        }
+    }
+
+    /// Adds routes for new networks in `wanted` and removes those no longer wanted.
+    pub async fn sync(&mut self, wanted: &[IpNet]) -> Result<()> {
+        let stale: Vec<IpNet> = self
+            .routes
+            .keys()
+            .filter(|n| !wanted.contains(n))
+            .copied()
+            .collect();
+        for net in stale {
+            if let Some(Some(msg)) = self.routes.remove(&net) {
+                self.netlink.del_route(msg).await?;
+            }
+        }
+        for net in wanted {
+            if !self.routes.contains_key(net) {
+                let msg = self.netlink.add_route(self.index, *net).await?;
+                self.routes.insert(*net, msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every route this table added.
+    pub async fn clear(&mut self) -> Result<()> {
+        self.sync(&[]).await
+    }
+}

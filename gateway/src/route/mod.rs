@@ -1,0 +1,5 @@
+//! Routing: longest-prefix match from destination addresses to peers.
+
+pub mod prefix_table;
+
+pub use prefix_table::PrefixTable;
