@@ -29,6 +29,8 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     /// Run without any XDP program.
     pub no_xdp: bool,
+    /// Run without TUN offloads and UDP GSO/GRO (one packet per syscall).
+    pub no_offload: bool,
 }
 
 /// The XDP program, or why there is none.
@@ -42,7 +44,7 @@ struct XdpState {
 pub async fn run(opts: DaemonOptions) -> Result<()> {
     let cfg = Config::load(&opts.config)?;
     let iface = &cfg.interface;
-    let tun = Tun::create(&iface.name).with_context(|| {
+    let tun = Tun::create(&iface.name, !opts.no_offload).with_context(|| {
         format!(
             "creating TUN device {} (needs root or CAP_NET_ADMIN and /dev/net/tun)",
             iface.name
@@ -50,7 +52,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     })?;
     let netlink = Netlink::connect()?;
     let index = netlink.link_index(tun.name()).await?;
-    let socket = WgSocket::bind(iface.listen_port)
+    let socket = WgSocket::bind(iface.listen_port, !opts.no_offload)
         .await
         .with_context(|| format!("binding UDP port {}", iface.listen_port))?;
     let listen_port = socket.local_port()?;
@@ -216,7 +218,7 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16) -> Status {
         public_key: dev.state().public_key.to_base64(),
         listen_port: snap.listen_port,
         mtu,
-        datapath: "userspace (tokio, one packet per syscall)".into(),
+        datapath: datapath_description(dev),
         xdp: XdpStatus {
             attached: xdp.program.is_some(),
             interface: xdp.interface.clone(),
@@ -225,6 +227,7 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16) -> Status {
             counters,
         },
         drops: dev.counters.snapshot(),
+        batching: dev.counters.batching.snapshot(),
         peers: snap
             .peers
             .into_iter()
@@ -241,4 +244,22 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16) -> Status {
             })
             .collect(),
     }
+}
+
+/// Says how packets move between the TUN and the UDP socket.
+fn datapath_description(dev: &Device) -> String {
+    let tun = dev.tun.offloads();
+    let mut parts = vec!["userspace".to_string()];
+    parts.push(match (tun.tso, tun.uso) {
+        (true, true) => "TUN offload (TSO+USO super-packets, coalesced writes)".into(),
+        (true, false) => "TUN offload (TSO super-packets, coalesced writes)".into(),
+        _ => "TUN one packet per syscall".into(),
+    });
+    parts.push(match (dev.socket.gso_enabled(), dev.socket.gro_enabled()) {
+        (true, true) => "UDP GSO+GRO".into(),
+        (true, false) => "UDP GSO".into(),
+        (false, true) => "UDP GRO".into(),
+        (false, false) => "UDP one datagram per syscall".into(),
+    });
+    parts.join(", ")
 }

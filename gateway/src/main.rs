@@ -36,6 +36,10 @@ enum Command {
         /// Do not load the XDP program, even if the kernel supports it.
         #[arg(long)]
         no_xdp: bool,
+        /// Turn off TUN offloads (TSO/USO super-packets) and UDP GSO/GRO: one packet per
+        /// syscall, as wireguard-go does. For comparison and troubleshooting.
+        #[arg(long, env = "TG_NO_OFFLOAD")]
+        no_offload: bool,
     },
     /// Show the interface, peers, handshakes, transfer and data-path mode of the running daemon.
     Status {
@@ -65,10 +69,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Daemon { config, no_xdp } => runtime()?.block_on(daemon::run(DaemonOptions {
+        Command::Daemon {
+            config,
+            no_xdp,
+            no_offload,
+        } => runtime()?.block_on(daemon::run(DaemonOptions {
             config,
             socket: cli.socket,
             no_xdp,
+            no_offload,
         })),
         Command::Status { json } => {
             let response = runtime()?.block_on(api::request(&cli.socket, &Request::Status))?;

@@ -25,7 +25,11 @@ fn require_root() {
 
 /// Starts a two-node lab: node 1 is tailgate, node 2 is `peer`. Only the initiator knows
 /// the other's endpoint, so the handshake must start on that side.
-fn pair(peer: Kind, tailgate_initiates: bool) -> Result<Lab> {
+fn pair((peer, tailgate_args): (Kind, Vec<String>), tailgate_initiates: bool) -> Result<Lab> {
+    let me = Kind::Tailgate {
+        bin: TAILGATE.into(),
+        args: tailgate_args,
+    };
     let mut lab = Lab::new()?;
     let (k1, k2) = (Keypair::generate()?, Keypair::generate()?);
     let ep = |i: u8| -> SocketAddr { format!("10.99.0.{i}:{LISTEN_PORT}").parse().unwrap() };
@@ -34,10 +38,10 @@ fn pair(peer: Kind, tailgate_initiates: bool) -> Result<Lab> {
     // The responder must be up before the initiator's first packet matters: start it first.
     if tailgate_initiates {
         lab.start(peer, 2, k2, &[to_1])?;
-        lab.start(Kind::tailgate(TAILGATE), 1, k1, &[to_2])?;
+        lab.start(me, 1, k1, &[to_2])?;
         lab.nodes.swap(0, 1);
     } else {
-        lab.start(Kind::tailgate(TAILGATE), 1, k1, &[to_2])?;
+        lab.start(me, 1, k1, &[to_2])?;
         lab.start(peer, 2, k2, &[to_1])?;
     }
     Ok(lab)
@@ -83,7 +87,7 @@ fn exercise(lab: &mut Lab, tailgate_initiates: bool) -> Result<()> {
     Ok(())
 }
 
-fn interop(peer: Kind, tailgate_initiates: bool) {
+fn interop(peer: (Kind, Vec<String>), tailgate_initiates: bool) {
     require_root();
     let mut lab = pair(peer, tailgate_initiates).expect("lab");
     exercise(&mut lab, tailgate_initiates).unwrap_or_else(|e| {
@@ -91,40 +95,46 @@ fn interop(peer: Kind, tailgate_initiates: bool) {
     });
 }
 
-#[test]
-fn tailgate_initiates_to_tailgate() {
-    interop(Kind::tailgate(TAILGATE), true);
+fn tailgate(args: &[&str]) -> Kind {
+    Kind::Tailgate {
+        bin: TAILGATE.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    }
 }
 
-#[test]
-fn tailgate_responds_to_tailgate_without_xdp() {
-    interop(
-        Kind::Tailgate {
-            bin: TAILGATE.into(),
-            args: vec!["--no-xdp".into()],
-        },
-        false,
-    );
+/// The interop suite, once with offloads (TSO/USO, UDP GSO/GRO) and once with them forced off.
+macro_rules! interop_suite {
+    ($($name:ident: $peer:expr, $tailgate_initiates:expr;)*) => {
+        mod offloads_on {
+            use super::*;
+            $(#[test] fn $name() { interop(with_args($peer, &[]), $tailgate_initiates); })*
+        }
+        mod offloads_off {
+            use super::*;
+            $(#[test] fn $name() { interop(with_args($peer, &["--no-offload"]), $tailgate_initiates); })*
+        }
+    };
 }
 
-#[test]
-fn tailgate_initiates_to_wireguard_go() {
-    interop(Kind::WireguardGo, true);
+/// Adds daemon arguments to tailgate peers; the node under test gets them through `pair`.
+fn with_args(peer: Kind, args: &[&str]) -> (Kind, Vec<String>) {
+    let peer = match peer {
+        Kind::Tailgate { bin, args: mut a } => {
+            a.extend(args.iter().map(|s| s.to_string()));
+            Kind::Tailgate { bin, args: a }
+        }
+        other => other,
+    };
+    (peer, args.iter().map(|s| s.to_string()).collect())
 }
 
-#[test]
-fn wireguard_go_initiates_to_tailgate() {
-    interop(Kind::WireguardGo, false);
-}
-
-#[test]
-fn tailgate_initiates_to_boringtun() {
-    interop(Kind::Boringtun, true);
-}
-
-#[test]
-fn boringtun_initiates_to_tailgate() {
-    interop(Kind::Boringtun, false);
+interop_suite! {
+    tailgate_initiates_to_tailgate: tailgate(&[]), true;
+    tailgate_responds_to_tailgate_without_xdp: tailgate(&["--no-xdp"]), false;
+    tailgate_initiates_to_wireguard_go: Kind::WireguardGo, true;
+    wireguard_go_initiates_to_tailgate: Kind::WireguardGo, false;
+    tailgate_initiates_to_boringtun: Kind::Boringtun, true;
+    boringtun_initiates_to_tailgate: Kind::Boringtun, false;
 }
 
 /// `wg show` lists the peer with a recent handshake; `wg set` adds a second peer at runtime
@@ -132,7 +142,7 @@ fn boringtun_initiates_to_tailgate() {
 #[test]
 fn wg_tool_shows_and_adds_peers() {
     require_root();
-    let mut lab = pair(Kind::tailgate(TAILGATE), true).expect("lab");
+    let mut lab = pair(with_args(tailgate(&[]), &[]), true).expect("lab");
     let peer_v4 = lab.nodes[1].tunnel_v4().to_string();
     lab.nodes[0].ping(&peer_v4, 1).expect("first ping");
     let ifname = lab.nodes[0].ifname.clone();
@@ -203,7 +213,7 @@ fn counter(v: &serde_json::Value, path: &[&str]) -> u64 {
 #[test]
 fn junk_truncated_and_replayed_packets_are_dropped_and_counted() {
     require_root();
-    let mut lab = pair(Kind::tailgate(TAILGATE), true).expect("lab");
+    let mut lab = pair(with_args(tailgate(&[]), &[]), true).expect("lab");
     let (a_v4, b_v4) = (
         lab.nodes[0].tunnel_v4().to_string(),
         lab.nodes[1].tunnel_v4().to_string(),
@@ -290,7 +300,7 @@ fn junk_truncated_and_replayed_packets_are_dropped_and_counted() {
 #[test]
 fn sigterm_removes_everything() {
     require_root();
-    let mut lab = pair(Kind::tailgate(TAILGATE), true).expect("lab");
+    let mut lab = pair(with_args(tailgate(&[]), &[]), true).expect("lab");
     let node = &mut lab.nodes[0];
     let ifname = node.ifname.clone();
     let socket = node.control_socket.clone().unwrap();

@@ -78,6 +78,8 @@ impl Lab {
         )?;
         self.hub
             .ip(&["link", "set", &hub_if, "master", &self.bridge])?;
+        // veth has GRO off by default, unlike real NICs; UDP GRO needs it.
+        host.ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
         Ok(host)
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::counters::BatchSnapshot;
 use crate::device::CounterSnapshot;
 
 /// Everything `tailgate status` shows.
@@ -24,6 +25,8 @@ pub struct Status {
     pub xdp: XdpStatus,
     /// Userspace drop counters.
     pub drops: CounterSnapshot,
+    /// Syscalls versus packets on each side of the data path.
+    pub batching: BatchSnapshot,
     /// Peers, sorted by public key.
     pub peers: Vec<PeerStatus>,
 }
@@ -95,6 +98,15 @@ impl Status {
                 let _ = writeln!(s, "  userspace drops: {}", nonzero.join(" "));
             }
         }
+        let b = &self.batching;
+        let per = |packets: u64, calls: u64| if calls == 0 { 0.0 } else { packets as f64 / calls as f64 };
+        let _ = writeln!(
+            s,
+            "  batching: {:.1} packets per TUN read, {:.1} datagrams per UDP receive, {:.1} packets per TUN write",
+            per(b.tun_read_packets, b.tun_reads),
+            per(b.udp_recv_datagrams, b.udp_recvs),
+            per(b.tun_write_packets, b.tun_writes)
+        );
         for p in &self.peers {
             let _ = writeln!(s, "\npeer: {}", p.public_key);
             if let Some(e) = p.endpoint {

@@ -31,6 +31,67 @@ pub struct Counters {
     drops: [AtomicU64; 8],
     /// Cookie replies sent because the device was under load.
     pub cookie_replies_sent: AtomicU64,
+    /// How well the data path batches.
+    pub batching: BatchCounters,
+}
+
+/// Syscalls versus packets on each side, to show how much offloads batch.
+#[derive(Debug, Default)]
+pub struct BatchCounters {
+    /// TUN reads.
+    pub tun_reads: AtomicU64,
+    /// Packets those reads stood for (after segmenting super-packets).
+    pub tun_read_packets: AtomicU64,
+    /// UDP sends (a GSO send counts once).
+    pub udp_sends: AtomicU64,
+    /// UDP receives (a GRO batch counts once).
+    pub udp_recvs: AtomicU64,
+    /// Datagrams those receives carried.
+    pub udp_recv_datagrams: AtomicU64,
+    /// TUN writes (a coalesced super-packet counts once).
+    pub tun_writes: AtomicU64,
+    /// Packets those writes carried.
+    pub tun_write_packets: AtomicU64,
+}
+
+/// A snapshot of [`BatchCounters`].
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct BatchSnapshot {
+    /// TUN reads.
+    pub tun_reads: u64,
+    /// Packets those reads stood for.
+    pub tun_read_packets: u64,
+    /// UDP sends.
+    pub udp_sends: u64,
+    /// UDP receives.
+    pub udp_recvs: u64,
+    /// Datagrams received.
+    pub udp_recv_datagrams: u64,
+    /// TUN writes.
+    pub tun_writes: u64,
+    /// Packets written.
+    pub tun_write_packets: u64,
+}
+
+impl BatchCounters {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads all counters.
+    pub fn snapshot(&self) -> BatchSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BatchSnapshot {
+            tun_reads: r(&self.tun_reads),
+            tun_read_packets: r(&self.tun_read_packets),
+            udp_sends: r(&self.udp_sends),
+            udp_recvs: r(&self.udp_recvs),
+            udp_recv_datagrams: r(&self.udp_recv_datagrams),
+            tun_writes: r(&self.tun_writes),
+            tun_write_packets: r(&self.tun_write_packets),
+        }
+    }
 }
 
 /// A snapshot of [`Counters`] for status output.

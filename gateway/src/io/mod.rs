@@ -1,4 +1,6 @@
 //! Packet I/O: the TUN device and the WireGuard UDP socket.
 
+pub mod offload;
 pub mod tun;
 pub mod udp;
+pub mod udp_offload;

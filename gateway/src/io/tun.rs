@@ -14,11 +14,31 @@ const TUN_PATH: &[u8] = b"/dev/net/tun\0";
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
+
+/// Which offloads the TUN device has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunOffloads {
+    /// Every packet is prefixed by a `virtio_net_hdr`.
+    pub vnet_hdr: bool,
+    /// The kernel hands over TCP super-packets (TSO) and takes coalesced ones.
+    pub tso: bool,
+    /// The kernel hands over UDP super-packets (USO).
+    pub uso: bool,
+}
 
 /// An open TUN device.
 pub struct Tun {
     fd: AsyncFd<OwnedFd>,
     name: String,
+    offloads: TunOffloads,
 }
 
 #[repr(C)]
@@ -29,8 +49,9 @@ struct IfReqFlags {
 }
 
 impl Tun {
-    /// Creates (or attaches to) the TUN device `name`. Must run inside a tokio runtime.
-    pub fn create(name: &str) -> io::Result<Tun> {
+    /// Creates (or attaches to) the TUN device `name`; with `offload`, asks for a virtio
+    /// header and TSO/USO, keeping what the kernel grants. Must run inside a tokio runtime.
+    pub fn create(name: &str, offload: bool) -> io::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -52,7 +73,7 @@ impl Tun {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut req = IfReqFlags {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
+            flags: IFF_TUN | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 },
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -68,12 +89,17 @@ impl Tun {
             .position(|&b| b == 0)
             .unwrap_or(req.name.len());
         let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
+        let offloads = if offload {
+            negotiate_offloads(fd.as_raw_fd())
+        } else {
+            TunOffloads::default()
+        };
         // SAFETY: `fd` is an open descriptor that the AsyncFd takes ownership of; OwnedFd
         // always returns that same descriptor and closes it only when dropped with it.
         let fd =
             unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
                 .map_err(|e| e.into_parts().1)?;
-        Ok(Tun { fd, name })
+        Ok(Tun { fd, name, offloads })
     }
 
     /// The kernel's name for the device.
@@ -81,7 +107,12 @@ impl Tun {
         &self.name
     }
 
-    /// Reads one IP packet into `buf`, waiting until one is available.
+    /// The offloads in effect.
+    pub fn offloads(&self) -> TunOffloads {
+        self.offloads
+    }
+
+    /// Reads one IP packet (prefixed by a virtio header when `offloads().vnet_hdr`) into `buf`, waiting until one is available.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
@@ -100,6 +131,36 @@ impl Tun {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
+        }
+    }
+}
+
+/// Asks for TSO (and USO where the kernel has it, Linux 6.2+); the virtio header stays on
+/// even when neither is granted, since the device was created with it.
+fn negotiate_offloads(fd: RawFd) -> TunOffloads {
+    let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+    let set = |flags: libc::c_uint| {
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        unsafe { libc::ioctl(fd, TUNSETOFFLOAD, flags as libc::c_ulong) == 0 }
+    };
+    if set(tso | TUN_F_USO4 | TUN_F_USO6) {
+        TunOffloads {
+            vnet_hdr: true,
+            tso: true,
+            uso: true,
+        }
+    } else if set(tso) {
+        TunOffloads {
+            vnet_hdr: true,
+            tso: true,
+            uso: false,
+        }
+    } else {
+        log::warn!("TUN offloads refused by the kernel; packets are read one at a time");
+        TunOffloads {
+            vnet_hdr: true,
+            tso: false,
+            uso: false,
         }
     }
 }

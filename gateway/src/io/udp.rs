@@ -4,8 +4,13 @@ use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+use super::udp_offload;
 
 /// Socket buffer size requested for both directions (bursts of a fast tunnel).
 const SOCKET_BUFFER_BYTES: libc::c_int = 7 * 1024 * 1024;
@@ -14,12 +19,17 @@ const SOCKET_BUFFER_BYTES: libc::c_int = 7 * 1024 * 1024;
 pub struct WgSocket {
     sock: UdpSocket,
     dual_stack: bool,
+    /// Whether sends may use `UDP_SEGMENT`; cleared if the kernel refuses it once.
+    gso: AtomicBool,
+    /// Whether `UDP_GRO` is on.
+    gro: bool,
 }
 
 impl WgSocket {
-    /// Binds `[::]:port` (dual-stack), or `0.0.0.0:port` where IPv6 is unavailable.
+    /// Binds `[::]:port` (dual-stack), or `0.0.0.0:port` where IPv6 is unavailable. With
+    /// `offload`, sends use UDP GSO and receives UDP GRO where the kernel has them.
     /// Must run inside a tokio runtime.
-    pub async fn bind(port: u16) -> io::Result<WgSocket> {
+    pub async fn bind(port: u16, offload: bool) -> io::Result<WgSocket> {
         let (sock, dual_stack) = match bind_std(Domain::IPV6, port) {
             Ok(s) => (s, true),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
@@ -34,9 +44,13 @@ impl WgSocket {
                 let _ = set_int_opt(&sock, libc::SOL_SOCKET, plain, SOCKET_BUFFER_BYTES);
             }
         }
+        let sock = UdpSocket::from_std(sock)?;
+        let gro = offload && udp_offload::enable_gro(sock.as_raw_fd());
         Ok(WgSocket {
-            sock: UdpSocket::from_std(sock)?,
+            sock,
             dual_stack,
+            gso: AtomicBool::new(offload),
+            gro,
         })
     }
 
@@ -69,6 +83,84 @@ impl WgSocket {
             libc::SO_MARK,
             mark as libc::c_int,
         )
+    }
+
+    /// Whether UDP GSO is in use for sends.
+    pub fn gso_enabled(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Whether UDP GRO is in use for receives.
+    pub fn gro_enabled(&self) -> bool {
+        self.gro
+    }
+
+    /// Sends `buf` as consecutive datagrams of `segment` bytes (the last may be shorter) to
+    /// `to`: one `sendmsg` with GSO, or one send per datagram without it.
+    pub async fn send_segments(
+        &self,
+        buf: &[u8],
+        segment: usize,
+        to: SocketAddr,
+    ) -> io::Result<()> {
+        if segment >= buf.len() {
+            return self.send_to(buf, to).await.map(drop);
+        }
+        if self.gso_enabled() {
+            let addr = SockAddr::from(self.wire_addr(to));
+            let fd = self.sock.as_raw_fd();
+            let r = self
+                .sock
+                .async_io(Interest::WRITABLE, || {
+                    udp_offload::send_segments(fd, buf, segment, &addr)
+                })
+                .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
+                    ) =>
+                {
+                    log::warn!(
+                        "UDP GSO refused by the kernel ({e}); sending one datagram per syscall"
+                    );
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for d in buf.chunks(segment) {
+            self.send_to(d, to).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for datagrams: returns bytes, sender, and the segment size when several
+    /// datagrams were coalesced by GRO.
+    pub async fn recv_coalesced(
+        &self,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, Option<usize>)> {
+        let fd = self.sock.as_raw_fd();
+        let (n, from, seg) = self
+            .sock
+            .async_io(Interest::READABLE, || udp_offload::recv_coalesced(fd, buf))
+            .await?;
+        Ok((n, canonical(from), seg))
+    }
+
+    /// Like [`WgSocket::recv_coalesced`] without waiting: `WouldBlock` when nothing is queued.
+    pub fn try_recv_coalesced(
+        &self,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, Option<usize>)> {
+        let fd = self.sock.as_raw_fd();
+        let (n, from, seg) = self
+            .sock
+            .try_io(Interest::READABLE, || udp_offload::recv_coalesced(fd, buf))?;
+        Ok((n, canonical(from), seg))
     }
 
     fn wire_addr(&self, to: SocketAddr) -> SocketAddr {

@@ -1,0 +1,176 @@
+//! UDP → decrypt → TUN.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::device::counters::BatchCounters;
+use crate::io::offload::Coalescer;
+use crate::wg::{Packet, Route, TunnResult, WgError};
+
+use super::{classify, lock, send, send_to_peer, Action, Device, DropReason, Peer, MAX_IP_PACKET, WG_OVERHEAD};
+
+/// Receive rounds (each one GRO batch or datagram) handled before writing to the TUN.
+const MAX_RECV_ROUNDS: usize = 8;
+/// Output room for coalesced packets: every round's datagrams, decrypted, plus headers.
+const COALESCE_BYTES: usize = MAX_RECV_ROUNDS * (MAX_IP_PACKET + 4096);
+
+/// Receives WireGuard datagrams, runs them through the right peer's state machine, and
+/// writes decrypted packets to the TUN (coalesced when the TUN has offloads). Returns only on
+/// a socket error.
+pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
+    let vnet = dev.tun.offloads().vnet_hdr;
+    let mut rx = vec![0u8; MAX_IP_PACKET + 4096];
+    let mut plain = vec![0u8; MAX_IP_PACKET + WG_OVERHEAD];
+    let mut coalescer = Coalescer::new(COALESCE_BYTES, 1024);
+    loop {
+        let mut next = Some(dev.socket.recv_coalesced(&mut rx).await?);
+        let mut rounds = 0;
+        while let Some((n, src, segment)) = next {
+            let batching = &dev.counters.batching;
+            BatchCounters::add(&batching.udp_recvs, 1);
+            BatchCounters::add(&batching.udp_recv_datagrams, n.div_ceil(segment.unwrap_or(n).max(1)) as u64);
+            for datagram in rx[..n].chunks(segment.unwrap_or(n).max(1)) {
+                let Some(len) = handle_datagram(&dev, src, datagram, &mut plain).await else {
+                    continue;
+                };
+                if !vnet {
+                    write_tun(&dev, &plain[..len], 1).await;
+                } else if !coalescer.push(&plain[..len]) {
+                    flush(&dev, &mut coalescer).await;
+                    if !coalescer.push(&plain[..len]) {
+                        dev.counters.drop(DropReason::BadTunPacket);
+                    }
+                }
+            }
+            rounds += 1;
+            next = if rounds < MAX_RECV_ROUNDS {
+                match dev.socket.try_recv_coalesced(&mut rx) {
+                    Ok(r) => Some(r),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+        }
+        flush(&dev, &mut coalescer).await;
+    }
+}
+
+async fn write_tun(dev: &Device, packet: &[u8], packets: u64) {
+    let batching = &dev.counters.batching;
+    BatchCounters::add(&batching.tun_writes, 1);
+    BatchCounters::add(&batching.tun_write_packets, packets);
+    if let Err(e) = dev.tun.send(packet).await {
+        log::debug!("tun write: {e}");
+    }
+}
+
+async fn flush(dev: &Device, coalescer: &mut Coalescer) {
+    coalescer.finish();
+    for i in 0..coalescer.len() {
+        write_tun(dev, coalescer.get(i), coalescer.segments(i) as u64).await;
+    }
+    coalescer.clear();
+}
+
+/// Where a received datagram goes after the interface-wide checks.
+enum Routed<'a> {
+    /// Counted and dropped.
+    Drop(DropReason),
+    /// A cookie reply of this length is in the output buffer, for the sender.
+    CookieReply(usize),
+    /// A verified message for this peer.
+    Peer(Arc<Peer>, Packet<'a>),
+}
+
+/// Parses a datagram, checks MACs (demanding cookies under load) and finds its peer.
+fn route_datagram<'a>(dev: &Device, src: SocketAddr, datagram: &'a [u8], out: &mut [u8], now: Instant) -> Routed<'a> {
+    let st = dev.state();
+    let is_handshake = matches!(datagram.first(), Some(1) | Some(2));
+    let under_load = is_handshake && dev.load.record_handshake(now);
+    let packet = match st.responder.verify_and_identify(src, datagram, under_load, out) {
+        Ok(p) => p,
+        Err(TunnResult::WriteToNetwork(reply)) => return Routed::CookieReply(reply.len()),
+        Err(TunnResult::Err(WgError::Wire(_))) => return Routed::Drop(DropReason::Malformed),
+        Err(_) => return Routed::Drop(DropReason::BadMac),
+    };
+    let peer = match st.responder.route(&packet) {
+        Some(Route::PeerStatic(key)) => st.peers.get(&key),
+        Some(Route::ReceiverIndex(idx)) => st.by_id.get(&(idx >> 8)),
+        None => None,
+    };
+    match peer {
+        Some(p) => Routed::Peer(p.clone(), packet),
+        None => Routed::Drop(DropReason::UnknownPeer),
+    }
+}
+
+/// Handles one datagram: answers handshakes, and returns the length of a decrypted packet
+/// left in `out` for the TUN (its inner source already checked against the peer's allowed
+/// IPs).
+async fn handle_datagram(dev: &Device, src: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Option<usize> {
+    let now = Instant::now();
+    let (peer, packet) = match route_datagram(dev, src, datagram, out, now) {
+        Routed::Peer(peer, packet) => (peer, packet),
+        Routed::CookieReply(len) => {
+            dev.counters.cookie_replies_sent.fetch_add(1, Ordering::Relaxed);
+            send(dev, &out[..len], src).await;
+            return None;
+        }
+        Routed::Drop(reason) => {
+            dev.counters.drop(reason);
+            return None;
+        }
+    };
+    let (action, queued) = {
+        let mut tunnel = lock(&peer.tunnel);
+        let action = classify(tunnel.decapsulate_packet(Some(src), packet, out, now), Some(src));
+        (action, tunnel.queued_packets() > 0)
+    };
+    if let Action::Drop(r) = action {
+        dev.counters.drop(r);
+        return None;
+    }
+    // The packet authenticated: the peer is where it came from (roaming).
+    peer.roam_to(src);
+    match action {
+        Action::SendTo(len, to) => send(dev, &out[..len], to).await,
+        Action::SendToPeer(len) => send_to_peer(dev, &peer, &out[..len]).await,
+        Action::ToTun { len, src: inner } => {
+            let allowed = dev.state().routes.lookup(inner).is_some_and(|o| Arc::ptr_eq(o, &peer));
+            if !allowed {
+                dev.counters.drop(DropReason::NotAllowedSource);
+                return None;
+            }
+            if queued {
+                // The first data packet of a new session confirms it for the responder,
+                // which may now send what it queued; `out` still holds this packet, so
+                // flush with a separate buffer.
+                let mut scratch = vec![0u8; out.len()];
+                flush_queued(dev, &peer, &mut scratch).await;
+            }
+            return Some(len);
+        }
+        Action::None | Action::Drop(_) => {}
+    }
+    // A completed handshake releases packets queued while there was no session.
+    if queued || matches!(action, Action::SendTo(..)) {
+        flush_queued(dev, &peer, out).await;
+    }
+    None
+}
+
+/// Sends packets a tunnel queued while it had no session.
+async fn flush_queued(dev: &Device, peer: &Peer, out: &mut [u8]) {
+    for _ in 0..crate::wg::MAX_QUEUED_PACKETS {
+        let action = classify(lock(&peer.tunnel).next_queued(out, Instant::now()), None);
+        match action {
+            Action::SendToPeer(len) => send_to_peer(dev, peer, &out[..len]).await,
+            _ => break,
+        }
+    }
+}
