@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod io;
+pub mod nat;
 pub mod netcfg;
 pub mod route;
 pub mod uapi;

@@ -3,9 +3,9 @@
 //! ports, ACK, window, options and IP fields; contiguous sequence numbers; equal segment sizes
 //! except a shorter last one; only ACK/PSH flags; PSH ends a super-packet.
 
-use super::csum;
 use super::headers::{L4Packet, PROTO_TCP};
 use super::vnet::{GsoType, VnetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
+use crate::nat::checksum as csum;
 
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;

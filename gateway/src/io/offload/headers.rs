@@ -1,6 +1,6 @@
 //! Just enough IPv4/IPv6/TCP/UDP header parsing for segmentation and coalescing.
 
-use super::csum;
+use crate::nat::checksum as csum;
 
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;

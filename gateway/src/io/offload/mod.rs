@@ -2,7 +2,6 @@
 //! received TCP segments into super-packets written back to it (userspace GSO/GRO).
 
 pub mod coalesce;
-pub mod csum;
 pub mod headers;
 pub mod segment;
 pub mod vnet;
@@ -95,8 +94,13 @@ impl PacketBatch {
 
     /// Packets `range` as one contiguous byte slice (they are stored back to back).
     pub fn contiguous(&self, range: Range<usize>) -> &[u8] {
-        match (self.spans.get(range.start), range.end.checked_sub(1).and_then(|l| self.spans.get(l))) {
-            (Some(first), Some(last)) if range.start < range.end => &self.buf[first.start..last.end],
+        match (
+            self.spans.get(range.start),
+            range.end.checked_sub(1).and_then(|l| self.spans.get(l)),
+        ) {
+            (Some(first), Some(last)) if range.start < range.end => {
+                &self.buf[first.start..last.end]
+            }
             _ => &[],
         }
     }

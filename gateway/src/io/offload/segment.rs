@@ -3,7 +3,8 @@
 
 use super::headers::{L4Packet, PROTO_TCP, PROTO_UDP};
 use super::vnet::{GsoType, VnetHdr, F_NEEDS_CSUM};
-use super::{csum, PacketBatch};
+use super::PacketBatch;
+use crate::nat::checksum as csum;
 
 /// Why a packet from the TUN could not be segmented (it is dropped and counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

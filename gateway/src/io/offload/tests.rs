@@ -2,10 +2,10 @@
 
 use proptest::prelude::*;
 
-use super::csum;
 use super::headers::{L4Packet, PROTO_TCP, PROTO_UDP};
 use super::vnet::{GsoType, VnetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
 use super::{segment, Coalescer, PacketBatch, SegmentError};
+use crate::nat::checksum as csum;
 
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
@@ -100,7 +100,7 @@ fn segment_all(version: u8, len: usize, mss: u16) -> (Vec<u8>, PacketBatch) {
         GsoType::TcpV6
     };
     hdr.gso_size = mss;
-    let mut batch = PacketBatch::new(256 * 1024, 128);
+    let mut batch = PacketBatch::new(256 * 1024, 512);
     segment(&hdr, &sup, &mut batch).unwrap();
     (data, batch)
 }
@@ -161,7 +161,7 @@ fn partial_checksum_is_completed() {
 }
 
 fn coalesce(batch: &PacketBatch) -> Vec<Vec<u8>> {
-    let mut c = Coalescer::new(256 * 1024, 128);
+    let mut c = Coalescer::new(256 * 1024, 512);
     for p in batch.iter() {
         assert!(c.push(p));
     }
