@@ -3,3 +3,4 @@
 
 pub mod lab;
 pub mod transfer;
+pub mod tunnel_bench;

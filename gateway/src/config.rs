@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::nat::via6::SiteId;
+use crate::prefs::{RoutingPrefs, ViaSite};
 use crate::wg::Key;
 
 /// Default WireGuard UDP port, as Tailscale uses.
@@ -62,10 +64,11 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// How the `wan_ingress` XDP program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Native (driver) mode, generic (SKB) mode as fallback, none if BPF is unavailable.
+    /// Native (driver) mode, generic (SKB) mode as fallback, none if BPF is unavailable; not
+    /// on veth links, where native XDP costs more throughput than it saves.
     #[default]
     Auto,
     /// Native mode only.
@@ -81,6 +84,8 @@ pub enum XdpMode {
 pub struct Config {
     /// The local interface.
     pub interface: InterfaceConfig,
+    /// Routing preferences (router and client side), changeable with `tailgate set`.
+    pub routing: RoutingPrefs,
     /// Static peers, in file order.
     pub peers: Vec<PeerConfig>,
 }
@@ -102,6 +107,9 @@ pub struct InterfaceConfig {
     pub xdp: XdpMode,
     /// Interface to attach `wan_ingress` to; by default the one routing toward the peers.
     pub xdp_interface: Option<String>,
+    /// The LAN interface of a subnet router (XDP forwarding); by default the one that holds
+    /// the first advertised route.
+    pub lan_interface: Option<String>,
 }
 
 /// One `[[peer]]` table, validated.
@@ -117,6 +125,12 @@ pub struct PeerConfig {
     pub allowed_ips: Vec<IpNet>,
     /// Keepalive interval in seconds, if any.
     pub persistent_keepalive: Option<u16>,
+    /// A name for the peer (`--exit-node=<name>`, `tailgate exit-node list`).
+    pub name: Option<String>,
+    /// Subnet routes the peer advertises; installed when `accept_routes` is on.
+    pub routes: Vec<IpNet>,
+    /// Whether the peer offers exit-node service.
+    pub exit_node: bool,
 }
 
 #[derive(Deserialize)]
@@ -124,7 +138,16 @@ pub struct PeerConfig {
 struct RawConfig {
     interface: RawInterface,
     #[serde(default)]
+    via: Vec<RawVia>,
+    #[serde(default)]
     peer: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVia {
+    site: u32,
+    routes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +163,17 @@ struct RawInterface {
     #[serde(default)]
     xdp: XdpMode,
     xdp_interface: Option<String>,
+    lan_interface: Option<String>,
+    #[serde(default)]
+    advertise_routes: Vec<String>,
+    snat_subnet_routes: Option<bool>,
+    #[serde(default)]
+    advertise_exit_node: bool,
+    #[serde(default)]
+    accept_routes: bool,
+    exit_node: Option<String>,
+    #[serde(default)]
+    exit_node_allow_lan_access: bool,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +185,11 @@ struct RawPeer {
     #[serde(default)]
     allowed_ips: Vec<String>,
     persistent_keepalive: Option<u16>,
+    name: Option<String>,
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(default)]
+    exit_node: bool,
 }
 
 impl Config {
@@ -171,6 +210,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::new(path, "", toml_error(&e)))?;
+        let routing = validate_routing(path, &raw.interface, &raw.via)?;
         let interface = validate_interface(path, raw.interface, mtu_override)?;
         let mut peers = Vec::with_capacity(raw.peer.len());
         let mut seen = HashSet::new();
@@ -192,7 +232,23 @@ impl Config {
             }
             peers.push(peer);
         }
-        Ok(Config { interface, peers })
+        let mut names = HashSet::new();
+        for (i, p) in peers.iter().enumerate() {
+            if let Some(n) = &p.name {
+                if !names.insert(n.clone()) {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("peer {} (name)", i + 1),
+                        format!("duplicate name {n:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(Config {
+            interface,
+            routing,
+            peers,
+        })
     }
 }
 
@@ -247,8 +303,13 @@ fn validate_interface(
             format!("{mtu} is out of range {MIN_MTU}..={MAX_MTU}"),
         ));
     }
-    if let Some(x) = &raw.xdp_interface {
-        validate_ifname(x).map_err(|p| err("xdp_interface", p))?;
+    for (key, name) in [
+        ("xdp_interface", &raw.xdp_interface),
+        ("lan_interface", &raw.lan_interface),
+    ] {
+        if let Some(x) = name {
+            validate_ifname(x).map_err(|p| err(key, p))?;
+        }
     }
     Ok(InterfaceConfig {
         name: raw.name,
@@ -258,6 +319,7 @@ fn validate_interface(
         mtu,
         xdp: raw.xdp,
         xdp_interface: raw.xdp_interface,
+        lan_interface: raw.lan_interface,
     })
 }
 
@@ -279,13 +341,75 @@ fn validate_peer(path: &Path, n: usize, raw: RawPeer) -> Result<PeerConfig, Conf
         .iter()
         .map(|a| parse_cidr(a).map_err(|p| err("allowed_ips", p)))
         .collect::<Result<Vec<_>, _>>()?;
+    let routes = raw
+        .routes
+        .iter()
+        .map(|a| {
+            parse_cidr(a)
+                .map(|n| n.trunc())
+                .map_err(|p| err("routes", p))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(n) = &raw.name {
+        if n.is_empty() || n.chars().any(|c| c.is_whitespace()) {
+            return Err(err(
+                "name",
+                format!("{n:?} must be non-empty without spaces"),
+            ));
+        }
+    }
     Ok(PeerConfig {
         public_key,
         preshared_key,
         endpoint,
         allowed_ips,
         persistent_keepalive: raw.persistent_keepalive.filter(|&k| k != 0),
+        name: raw.name,
+        routes,
+        exit_node: raw.exit_node,
     })
+}
+
+fn validate_routing(
+    path: &Path,
+    raw: &RawInterface,
+    via: &[RawVia],
+) -> Result<RoutingPrefs, ConfigError> {
+    let err = |key: &str, problem: String| ConfigError::new(path, key.to_string(), problem);
+    let advertise_routes = raw
+        .advertise_routes
+        .iter()
+        .map(|a| parse_cidr(a).map_err(|p| err("interface.advertise_routes", p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sites = Vec::new();
+    for (i, v) in via.iter().enumerate() {
+        let place = format!("via {} (site {})", i + 1, v.site);
+        let site = SiteId::from_u32(v.site).map_err(|e| err(&place, e.to_string()))?;
+        let routes = v
+            .routes
+            .iter()
+            .map(|r| match parse_cidr(r) {
+                Ok(IpNet::V4(n)) => Ok(n.trunc()),
+                Ok(other) => Err(err(&place, format!("{other} is not an IPv4 prefix"))),
+                Err(p) => Err(err(&place, p)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        sites.push(ViaSite {
+            site: site.get(),
+            routes,
+        });
+    }
+    let mut prefs = RoutingPrefs {
+        advertise_routes,
+        via: sites,
+        snat_subnet_routes: raw.snat_subnet_routes.unwrap_or(true),
+        advertise_exit_node: raw.advertise_exit_node,
+        accept_routes: raw.accept_routes,
+        exit_node: raw.exit_node.clone(),
+        exit_node_allow_lan_access: raw.exit_node_allow_lan_access,
+    };
+    prefs.normalize().map_err(|p| err("interface", p))?;
+    Ok(prefs)
 }
 
 /// Checks a Linux interface name: 1–15 bytes, no `/`, whitespace or `:`.

@@ -11,9 +11,10 @@ use tokio::task::JoinSet;
 
 use crate::api::status::{PeerStatus, XdpStatus};
 use crate::api::unix_socket::BoundSocket;
-use crate::api::{Request, Response, Status};
+use crate::api::{ExitNode, Request, Response, Status};
 use crate::config::{Config, XdpMode};
 use crate::device::{datapath, lock, Device};
+use crate::forwarding::{Routing, RoutingStatus};
 use crate::io::tun::Tun;
 use crate::io::udp::WgSocket;
 use crate::netcfg::{InstalledRoutes, Netlink};
@@ -31,6 +32,8 @@ pub struct DaemonOptions {
     pub no_xdp: bool,
     /// Run without TUN offloads and UDP GSO/GRO (one packet per syscall).
     pub no_offload: bool,
+    /// XDP attach mode overriding `interface.xdp`.
+    pub xdp: Option<XdpMode>,
 }
 
 /// The XDP program, or why there is none.
@@ -74,9 +77,15 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         index,
     )));
     routes.lock().await.sync(&dev.allowed_networks()).await?;
+    let mut routing = Routing::new(&iface.name, index, netlink.clone());
+    if let Err(e) = routing.apply(&dev, &routes, cfg.routing.clone()).await {
+        routing.teardown().await;
+        return Err(e.context(format!("{}: routing settings", opts.config.display())));
+    }
+    let routing = Arc::new(tokio::sync::Mutex::new(routing));
 
     let xdp = Arc::new(Mutex::new(
-        attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp).await,
+        attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp, opts.xdp).await,
     ));
     let (_uapi_file, uapi_listener) = BoundSocket::bind(&uapi::server::socket_path(&iface.name))?;
     let (_api_file, api_listener) = BoundSocket::bind(&opts.socket)?;
@@ -97,13 +106,17 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         dev.clone(),
         routes.clone(),
     )));
-    let (status_dev, status_xdp, mtu) = (dev.clone(), xdp.clone(), iface.mtu);
-    tasks.spawn(async_ok(crate::api::serve(
-        api_listener,
-        move |req| match req {
-            Request::Status => Response::Status(Box::new(status(&status_dev, &status_xdp, mtu))),
-        },
-    )));
+    let api = ApiContext {
+        dev: dev.clone(),
+        xdp: xdp.clone(),
+        routes: routes.clone(),
+        routing: routing.clone(),
+        mtu: iface.mtu,
+    };
+    tasks.spawn(async_ok(crate::api::serve(api_listener, move |req| {
+        let api = api.clone();
+        async move { api.answer(req).await }
+    })));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -117,6 +130,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         },
     };
     tasks.shutdown().await;
+    routing.lock().await.teardown().await;
     if let Err(e) = routes.lock().await.clear().await {
         log::warn!("removing routes: {e:#}");
     }
@@ -138,7 +152,13 @@ async fn async_ok(f: impl std::future::Future<Output = ()>) -> Result<()> {
 }
 
 /// Attaches `wan_ingress` where the tunnel's UDP traffic arrives, or explains why not.
-async fn attach_xdp(cfg: &Config, netlink: &Netlink, listen_port: u16, no_xdp: bool) -> XdpState {
+async fn attach_xdp(
+    cfg: &Config,
+    netlink: &Netlink,
+    listen_port: u16,
+    no_xdp: bool,
+    xdp_override: Option<XdpMode>,
+) -> XdpState {
     let off = |reason: String| {
         log::warn!("XDP disabled: {reason}; running without the wan_ingress fast path");
         XdpState {
@@ -147,9 +167,10 @@ async fn attach_xdp(cfg: &Config, netlink: &Netlink, listen_port: u16, no_xdp: b
             reason: Some(reason),
         }
     };
-    let pref = match (no_xdp, cfg.interface.xdp) {
+    let mode = xdp_override.unwrap_or(cfg.interface.xdp);
+    let pref = match (no_xdp, mode) {
         (true, _) => return off("--no-xdp given".into()),
-        (_, XdpMode::Off) => return off("interface.xdp = \"off\" in config".into()),
+        (_, XdpMode::Off) => return off("XDP mode \"off\" (config or --xdp)".into()),
         (_, XdpMode::Auto) => AttachPreference::Auto,
         (_, XdpMode::Native) => AttachPreference::Native,
         (_, XdpMode::Generic) => AttachPreference::Generic,
@@ -158,6 +179,13 @@ async fn attach_xdp(cfg: &Config, netlink: &Netlink, listen_port: u16, no_xdp: b
         Ok(n) => n,
         Err(e) => return off(format!("{e:#}")),
     };
+    if pref == AttachPreference::Auto && netlink.is_veth(&ifname).await.unwrap_or(false) {
+        return off(format!(
+            "{ifname} is a veth, where native XDP makes the kernel copy every packet and split \
+             UDP GSO batches (about 20% less tunnel throughput); set interface.xdp = \"native\" \
+             or --xdp native to attach it anyway"
+        ));
+    }
     match XdpWanIngress::attach(&ifname, listen_port, pref) {
         Ok(p) => {
             log::info!(
@@ -198,7 +226,85 @@ async fn wan_interface(cfg: &Config, netlink: &Netlink) -> Result<String> {
     }
 }
 
-fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16) -> Status {
+/// What the control-socket handler needs.
+#[derive(Clone)]
+struct ApiContext {
+    dev: Arc<Device>,
+    xdp: Arc<Mutex<XdpState>>,
+    routes: Arc<tokio::sync::Mutex<InstalledRoutes>>,
+    routing: Arc<tokio::sync::Mutex<Routing>>,
+    mtu: u16,
+}
+
+impl ApiContext {
+    async fn answer(&self, req: Request) -> Response {
+        match req {
+            Request::Status => {
+                let routing = self.routing.lock().await.status().clone();
+                Response::Status(Box::new(status(&self.dev, &self.xdp, self.mtu, routing)))
+            }
+            Request::Set { change } => {
+                let mut routing = self.routing.lock().await;
+                let prefs = change.applied_to(&routing.status().prefs);
+                match routing.apply(&self.dev, &self.routes, prefs).await {
+                    Ok(()) => Response::Set(Box::new(routing.status().prefs.clone())),
+                    Err(e) => {
+                        let before = routing.status().prefs.clone();
+                        if let Err(e2) = routing.apply(&self.dev, &self.routes, before).await {
+                            log::warn!("restoring routing after a refused change: {e2:#}");
+                        }
+                        Response::Error(format!("{e:#}"))
+                    }
+                }
+            }
+            Request::ExitNodes => Response::ExitNodes(exit_nodes(&self.dev)),
+        }
+    }
+}
+
+/// Peers that offer exit-node service, as `tailgate exit-node list` shows them.
+fn exit_nodes(dev: &Device) -> Vec<ExitNode> {
+    let st = dev.state();
+    let now = SystemTime::now();
+    let mut list: Vec<ExitNode> = st
+        .peers
+        .values()
+        .filter_map(|p| {
+            let s = lock(&p.settings).clone();
+            if !s.offers_exit {
+                return None;
+            }
+            let ip = s
+                .tailnet_v4()
+                .map(|v4| v4.to_string())
+                .or_else(|| s.allowed_ips.first().map(|n| n.addr().to_string()))
+                .unwrap_or_default();
+            let recent = lock(&p.tunnel)
+                .stats()
+                .last_handshake
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|d| d.as_secs() < 180);
+            let status = if st.client.exit_peer == Some(p.public_key) {
+                "selected"
+            } else if recent {
+                "online"
+            } else {
+                "idle"
+            };
+            Some(ExitNode {
+                ip,
+                hostname: s.name.clone().unwrap_or_else(|| p.public_key.short()),
+                country: None,
+                city: None,
+                status: status.into(),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    list
+}
+
+fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus) -> Status {
     let snap = dev.snapshot();
     let now = SystemTime::now();
     let xdp = lock(xdp);
@@ -228,6 +334,7 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16) -> Status {
         },
         drops: dev.counters.snapshot(),
         batching: dev.counters.batching.snapshot(),
+        routing,
         peers: snap
             .peers
             .into_iter()

@@ -3,12 +3,15 @@
 //! The binary (`src/main.rs`) is a thin CLI over these layers; see `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod forwarding;
 pub mod io;
 pub mod nat;
 pub mod netcfg;
+pub mod prefs;
 pub mod route;
 pub mod uapi;
 pub mod wg;

@@ -36,6 +36,9 @@ enum Command {
         /// Do not load the XDP program, even if the kernel supports it.
         #[arg(long)]
         no_xdp: bool,
+        /// XDP attach mode for wan_ingress, overriding interface.xdp in the config.
+        #[arg(long, value_enum)]
+        xdp: Option<tailgate::config::XdpMode>,
         /// Turn off TUN offloads (TSO/USO super-packets) and UDP GSO/GRO: one packet per
         /// syscall, as wireguard-go does. For comparison and troubleshooting.
         #[arg(long, env = "TG_NO_OFFLOAD")]
@@ -47,6 +50,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change routing preferences of the running daemon (subnet routes, SNAT, exit node, …).
+    Set(tailgate::cli::routing::SetArgs),
+    /// Exit nodes offered by peers.
+    #[command(subcommand)]
+    ExitNode(tailgate::cli::routing::ExitNodeCommand),
+    /// Debugging helpers.
+    #[command(subcommand)]
+    Debug(tailgate::cli::routing::DebugCommand),
     /// Generate a new private key and print it in base64 (like `wg genkey`).
     Genkey,
     /// Read a base64 private key on stdin and print its public key (like `wg pubkey`).
@@ -72,12 +83,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Daemon {
             config,
             no_xdp,
+            xdp,
             no_offload,
         } => runtime()?.block_on(daemon::run(DaemonOptions {
             config,
             socket: cli.socket,
             no_xdp,
             no_offload,
+            xdp,
         })),
         Command::Status { json } => {
             let response = runtime()?.block_on(api::request(&cli.socket, &Request::Status))?;
@@ -85,9 +98,15 @@ fn run(cli: Cli) -> Result<()> {
                 Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
                 Response::Status(s) => print!("{}", s.to_text()),
                 Response::Error(e) => return Err(anyhow!("daemon: {e}")),
+                other => return Err(anyhow!("unexpected answer from the daemon: {other:?}")),
             }
             Ok(())
         }
+        Command::Set(args) => runtime()?.block_on(tailgate::cli::routing::set(&cli.socket, args)),
+        Command::ExitNode(cmd) => {
+            runtime()?.block_on(tailgate::cli::routing::exit_node(&cli.socket, cmd))
+        }
+        Command::Debug(cmd) => tailgate::cli::routing::debug(cmd),
         Command::Genkey => {
             println!("{}", Key::generate_private().to_base64());
             Ok(())

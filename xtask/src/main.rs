@@ -4,6 +4,8 @@
 //! - `build`: builds the eBPF object and `target/release/tailgate` with it embedded
 //! - `test`:  setup + build + fmt + clippy + every test (unit and network-namespace tests)
 //! - `demo`:  setup + build + a lab of namespaces with two tailgate nodes and one wireguard-go
+//! - `bench tunnel [--quick] [--out PATH]`: setup + build + the tunnel benchmark (tailgate vs
+//!   veth, wireguard-go and boringtun-cli), written to `docs/benchmarks.md` by default
 
 mod ebpf;
 mod setup;
@@ -37,6 +39,25 @@ enum Task {
     },
     /// Build everything and run a demo lab: two tailgate nodes and a wireguard-go node.
     Demo,
+    /// Build everything and run a benchmark (needs root).
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Throughput, packet rate, CPU per GB and memory of tailgate vs plain veth, wireguard-go
+    /// and boringtun-cli, each between two namespaces joined by a veth, tunnel MTU 1280.
+    Tunnel {
+        /// One run of 2 s per figure instead of the median of 3 runs of 5 s.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the Markdown report [default: docs/benchmarks.md in the workspace].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,6 +91,35 @@ fn main() -> Result<()> {
             )
             .arg(&bin)
             .status_ok()
+        }
+        Task::Bench {
+            bench: Bench::Tunnel { quick, out },
+        } => {
+            // Resolve a relative --out against where the user ran xtask, not the workspace.
+            let out = match out {
+                Some(p) if p.is_relative() => std::env::current_dir()?.join(p),
+                Some(p) => p,
+                None => root.join("docs/benchmarks.md"),
+            };
+            setup::run()?;
+            let bin = build(&root)?;
+            let mut cmd = cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "tailgate-bench",
+                    "--bin",
+                    "tailgate-bench-tunnel",
+                    "--",
+                ],
+            );
+            if quick {
+                cmd.arg("--quick");
+            }
+            cmd.arg("--out").arg(&out).arg(&bin).status_ok()
         }
     }
 }

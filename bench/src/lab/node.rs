@@ -345,6 +345,12 @@ impl Node {
         self.process.check_running()
     }
 
+    /// The id of the node's process (the daemon itself: `ip netns exec` execs it), while it
+    /// has not been stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// The node's process output so far.
     pub fn log(&self) -> String {
         self.process.log()
@@ -387,7 +393,7 @@ fn tailgate_config(
 ) -> String {
     let mut s = format!(
         "[interface]\nname = \"{ifname}\"\nprivate_key = \"{}\"\nlisten_port = {LISTEN_PORT}\n\
-         address = [\"{v4}/32\", \"{v6}/128\"]\nxdp_interface = \"eth0\"\n",
+         address = [\"{v4}/32\", \"{v6}/128\"]\nxdp_interface = \"eth0\"\nxdp = \"native\"\n",
         keys.private
     );
     for p in peers {

@@ -11,6 +11,7 @@ pub struct Process {
     child: Option<Child>,
     what: String,
     log: PathBuf,
+    keep_log: bool,
 }
 
 /// How long a process may take to exit after SIGTERM before it is killed.
@@ -32,7 +33,19 @@ impl Process {
             child: Some(child),
             what: what.to_string(),
             log,
+            keep_log: true,
         })
+    }
+
+    /// The process id, while the process has not been stopped (for `/proc/<pid>/…`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Deletes the log file when the process is dropped (logs are kept by default), for
+    /// short-lived helpers whose output is only read while they run.
+    pub fn discard_log_on_drop(&mut self) {
+        self.keep_log = false;
     }
 
     /// The process's output so far.
@@ -86,6 +99,9 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.stop();
+        if !self.keep_log {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -13,6 +13,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 pub use status::Status;
 
+use crate::forwarding::RoutingChange;
+use crate::prefs::RoutingPrefs;
+
 /// Default path of the daemon's control socket.
 pub const DEFAULT_SOCKET: &str = "/run/tailgate/tailgate.sock";
 /// Largest request line accepted from a client.
@@ -24,6 +27,13 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 pub enum Request {
     /// The node's status.
     Status,
+    /// Change routing preferences (`tailgate set`).
+    Set {
+        /// The fields to change.
+        change: RoutingChange,
+    },
+    /// Peers offering exit-node service.
+    ExitNodes,
 }
 
 /// The daemon's answer.
@@ -32,14 +42,34 @@ pub enum Request {
 pub enum Response {
     /// The node's status.
     Status(Box<Status>),
+    /// The change was applied; the preferences now in force.
+    Set(Box<RoutingPrefs>),
+    /// Exit nodes.
+    ExitNodes(Vec<ExitNode>),
     /// The request failed.
     Error(String),
 }
 
+/// A peer offering exit-node service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitNode {
+    /// Its tailnet IPv4 address (else IPv6).
+    pub ip: String,
+    /// Its name.
+    pub hostname: String,
+    /// Country, when known (not in static mode).
+    pub country: Option<String>,
+    /// City, when known (not in static mode).
+    pub city: Option<String>,
+    /// "selected", "online" (handshake in the last 3 minutes) or "idle".
+    pub status: String,
+}
+
 /// Answers requests on `listener` with `handler` until the task is dropped.
-pub async fn serve<F>(listener: UnixListener, handler: F)
+pub async fn serve<F, Fut>(listener: UnixListener, handler: F)
 where
-    F: Fn(Request) -> Response + Send + Sync + Clone + 'static,
+    F: Fn(Request) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Response> + Send,
 {
     loop {
         let stream = match listener.accept().await {
@@ -59,14 +89,18 @@ where
     }
 }
 
-async fn answer<F: Fn(Request) -> Response>(stream: UnixStream, handler: F) -> Result<()> {
+async fn answer<F, Fut>(stream: UnixStream, handler: F) -> Result<()>
+where
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST_BYTES))
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handler(req),
+        Ok(req) => handler(req).await,
         Err(e) => Response::Error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&response)?;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::counters::BatchSnapshot;
 use crate::device::CounterSnapshot;
+use crate::forwarding::RoutingStatus;
 
 /// Everything `tailgate status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +28,8 @@ pub struct Status {
     pub drops: CounterSnapshot,
     /// Syscalls versus packets on each side of the data path.
     pub batching: BatchSnapshot,
+    /// Routing preferences and what is in force for them.
+    pub routing: RoutingStatus,
     /// Peers, sorted by public key.
     pub peers: Vec<PeerStatus>,
 }
@@ -99,7 +102,13 @@ impl Status {
             }
         }
         let b = &self.batching;
-        let per = |packets: u64, calls: u64| if calls == 0 { 0.0 } else { packets as f64 / calls as f64 };
+        let per = |packets: u64, calls: u64| {
+            if calls == 0 {
+                0.0
+            } else {
+                packets as f64 / calls as f64
+            }
+        };
         let _ = writeln!(
             s,
             "  batching: {:.1} packets per TUN read, {:.1} datagrams per UDP receive, {:.1} packets per TUN write",
@@ -107,6 +116,31 @@ impl Status {
             per(b.udp_recv_datagrams, b.udp_recvs),
             per(b.tun_write_packets, b.tun_writes)
         );
+        let r = &self.routing;
+        if !r.advertised.is_empty() {
+            let _ = writeln!(s, "  advertised routes: {}", r.advertised.join(", "));
+            let snat = if r.prefs.snat_subnet_routes {
+                "on"
+            } else {
+                "off"
+            };
+            let _ = writeln!(
+                s,
+                "  subnet SNAT: {snat}; forwarding: {}",
+                r.forwarding_path
+            );
+        }
+        if r.prefs.accept_routes {
+            let _ = writeln!(s, "  accepting subnet routes from peers");
+        }
+        if let Some(exit) = &r.prefs.exit_node {
+            let lan = if r.prefs.exit_node_allow_lan_access {
+                " (LAN stays direct)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  exit node: {exit}{lan}");
+        }
         for p in &self.peers {
             let _ = writeln!(s, "\npeer: {}", p.public_key);
             if let Some(e) = p.endpoint {

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use crate::config::PeerConfig;
 use crate::io::tun::Tun;
 use crate::io::udp::WgSocket;
+use crate::prefs::{exit_routes, RoutingPrefs};
 use crate::route::PrefixTable;
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest, UapiError};
 use crate::wg::{Key, Responder};
@@ -22,6 +23,15 @@ use crate::wg::{Key, Responder};
 pub use counters::{CounterSnapshot, Counters, DropReason};
 pub use load::LoadMeter;
 pub use peer::{lock, Peer, PeerSettings};
+
+/// What a node takes from its peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientRouting {
+    /// Install the subnet routes peers advertise.
+    pub accept_routes: bool,
+    /// The peer used as exit node.
+    pub exit_peer: Option<Key>,
+}
 
 /// Largest peer id: session indices are `id << 8 | n`, so ids have 24 bits.
 const MAX_PEER_ID: u32 = (1 << 24) - 1;
@@ -57,6 +67,10 @@ pub struct DeviceState {
     pub peers: HashMap<Key, Arc<Peer>>,
     /// Peers by id (upper 24 bits of session indices).
     pub by_id: HashMap<u32, Arc<Peer>>,
+    /// What this node accepts from peers: subnet routes, an exit node.
+    pub client: ClientRouting,
+    /// 4via6 translation for the sites this node advertises.
+    pub via: Option<Arc<crate::forwarding::ViaTranslator>>,
     /// Longest-prefix match over all allowed IPs.
     pub routes: PrefixTable<Arc<Peer>>,
     next_id: u32,
@@ -74,6 +88,8 @@ impl DeviceState {
             peers: HashMap::new(),
             by_id: HashMap::new(),
             routes: PrefixTable::new(),
+            client: ClientRouting::default(),
+            via: None,
             next_id: 1,
         }
     }
@@ -113,15 +129,55 @@ impl DeviceState {
         }
     }
 
-    /// Rebuilds the routing table from every peer's allowed IPs.
+    /// The networks routed to (and accepted from) `peer`: its allowed IPs, plus its subnet
+    /// routes with `accept_routes`, plus the default routes if it is the chosen exit node.
+    pub fn effective_networks(&self, peer: &Peer) -> Vec<IpNet> {
+        let s = lock(&peer.settings);
+        let mut nets = s.allowed_ips.clone();
+        if self.client.accept_routes {
+            nets.extend(
+                s.routes
+                    .iter()
+                    .filter(|r| !nets.contains(r))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        if self.client.exit_peer == Some(peer.public_key) {
+            nets.extend(exit_routes());
+        }
+        nets
+    }
+
+    /// Rebuilds the routing table from every peer's effective networks.
     fn rebuild_routes(&mut self) {
         let mut routes = PrefixTable::new();
         for p in self.peers.values() {
-            for net in &lock(&p.settings).allowed_ips {
-                routes.insert(*net, p.clone());
+            for net in self.effective_networks(p) {
+                routes.insert(net, p.clone());
             }
         }
         self.routes = routes;
+    }
+
+    /// Finds the peer `spec` names (its name, or one of its tailnet addresses) and checks it
+    /// offers exit-node service.
+    pub fn resolve_exit_node(&self, spec: &str) -> Result<Key, String> {
+        let ip: Option<std::net::IpAddr> = spec.parse().ok();
+        let found = self.peers.values().find(|p| {
+            let s = lock(&p.settings);
+            s.name.as_deref() == Some(spec)
+                || ip.is_some_and(|ip| {
+                    s.allowed_ips
+                        .iter()
+                        .any(|n| n.contains(&ip) && n.addr() == ip)
+                })
+        });
+        let peer = found.ok_or_else(|| format!("no peer named or addressed {spec:?}"))?;
+        if !lock(&peer.settings).offers_exit {
+            return Err(format!("peer {spec:?} does not offer exit-node service"));
+        }
+        Ok(peer.public_key)
     }
 
     /// Gives `nets` to `owner` alone: as in WireGuard, an allowed IP moves to the peer that
@@ -164,6 +220,22 @@ impl Device {
 
     /// Adds the peers of a configuration file.
     pub fn add_configured_peers(&self, peers: &[PeerConfig]) -> Result<(), UapiError> {
+        self.apply_peer_requests(peers)?;
+        let st = self.state();
+        for p in peers {
+            if let Some(peer) = st.peers.get(&p.public_key) {
+                let mut s = lock(&peer.settings);
+                s.name = p.name.clone();
+                s.routes = p.routes.clone();
+                s.offers_exit = p.exit_node;
+            }
+        }
+        drop(st);
+        self.state_mut().rebuild_routes();
+        Ok(())
+    }
+
+    fn apply_peer_requests(&self, peers: &[PeerConfig]) -> Result<(), UapiError> {
         let req = SetRequest {
             peers: peers
                 .iter()
@@ -238,17 +310,36 @@ impl Device {
         Ok(())
     }
 
-    /// Every allowed IP of every peer (what the TUN routes must cover).
+    /// Every network routed to a peer except the default routes (what the TUN routes in the
+    /// main table must cover; an exit node's default routes live in a table of their own).
     pub fn allowed_networks(&self) -> Vec<IpNet> {
         let st = self.state();
         let mut nets: Vec<IpNet> = st
             .peers
             .values()
-            .flat_map(|p| lock(&p.settings).allowed_ips.clone())
+            .flat_map(|p| st.effective_networks(p))
+            .filter(|n| n.prefix_len() != 0)
             .collect();
         nets.sort();
         nets.dedup();
         nets
+    }
+
+    /// Applies the client half of `prefs` (accepted routes, exit node) and the 4via6 sites;
+    /// the daemon does the rest (routes, NAT, policy routing).
+    pub fn set_routing(&self, prefs: &RoutingPrefs) -> Result<(), String> {
+        let mut st = self.state_mut();
+        let exit_peer = match &prefs.exit_node {
+            Some(spec) => Some(st.resolve_exit_node(spec)?),
+            None => None,
+        };
+        st.client = ClientRouting {
+            accept_routes: prefs.accept_routes,
+            exit_peer,
+        };
+        st.via = crate::forwarding::ViaTranslator::new(&prefs.via).map(Arc::new);
+        st.rebuild_routes();
+        Ok(())
     }
 
     /// What `wg show` needs.
@@ -268,7 +359,7 @@ impl Device {
                     tx_bytes: stats.tx_bytes,
                     rx_bytes: stats.rx_bytes,
                     persistent_keepalive: s.persistent_keepalive,
-                    allowed_ips: s.allowed_ips,
+                    allowed_ips: st.effective_networks(p),
                 }
             })
             .collect();

@@ -32,6 +32,22 @@ pub struct PeerSettings {
     pub preshared_key: Option<Key>,
     /// Persistent keepalive interval in seconds (0 = off).
     pub persistent_keepalive: u16,
+    /// A name for the peer (`--exit-node=<name>`).
+    pub name: Option<String>,
+    /// Subnet routes the peer advertises (used with `accept_routes`).
+    pub routes: Vec<IpNet>,
+    /// Whether the peer offers exit-node service.
+    pub offers_exit: bool,
+}
+
+impl PeerSettings {
+    /// The peer's first IPv4 host address among its allowed IPs (its tailnet IPv4).
+    pub fn tailnet_v4(&self) -> Option<std::net::Ipv4Addr> {
+        self.allowed_ips.iter().find_map(|n| match n {
+            IpNet::V4(v4) if v4.prefix_len() == 32 => Some(v4.addr()),
+            _ => None,
+        })
+    }
 }
 
 impl Peer {

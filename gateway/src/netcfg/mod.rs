@@ -9,13 +9,18 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::route::{RouteMessage, RouteType};
 use rtnetlink::Handle;
+
+pub mod policy;
+
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
 
 /// A connection to the kernel's routing netlink socket.
 #[derive(Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 impl Netlink {
@@ -58,6 +63,25 @@ impl Netlink {
             .ok_or_else(|| anyhow!("interface {index} has no name"))
     }
 
+    /// Whether interface `name` is a veth (container and lab links).
+    pub async fn is_veth(&self, name: &str) -> Result<bool> {
+        use netlink_packet_route::link::{InfoKind, LinkInfo};
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let link = links
+            .try_next()
+            .await
+            .with_context(|| format!("looking up interface {name}"))?
+            .ok_or_else(|| anyhow!("no interface named {name}"))?;
+        Ok(link.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        }))
+    }
+
     /// Sets the MTU, adds the addresses and brings the interface up.
     pub async fn configure_interface(
         &self,
@@ -97,26 +121,31 @@ impl Netlink {
 
     /// Adds a route for `net` through interface `index`; `Ok(None)` if it already existed.
     async fn add_route(&self, index: u32, net: IpNet) -> Result<Option<RouteMessage>> {
+        self.add_route_in(net, Some(index), MAIN_TABLE, RouteType::Unicast)
+            .await
+    }
+
+    /// Adds a route of `kind` for `net` in `table`, through interface `oif` if given;
+    /// `Ok(None)` if it already existed.
+    pub async fn add_route_in(
+        &self,
+        net: IpNet,
+        oif: Option<u32>,
+        table: u32,
+        kind: RouteType,
+    ) -> Result<Option<RouteMessage>> {
+        let mut req = self.handle.route().add().table_id(table).kind(kind);
+        if let Some(i) = oif {
+            req = req.output_interface(i);
+        }
         let (result, msg) = match net {
             IpNet::V4(n) => {
-                let mut req = self
-                    .handle
-                    .route()
-                    .add()
-                    .v4()
-                    .destination_prefix(n.network(), n.prefix_len())
-                    .output_interface(index);
+                let mut req = req.v4().destination_prefix(n.network(), n.prefix_len());
                 let msg = req.message_mut().clone();
                 (req.execute().await, msg)
             }
             IpNet::V6(n) => {
-                let mut req = self
-                    .handle
-                    .route()
-                    .add()
-                    .v6()
-                    .destination_prefix(n.network(), n.prefix_len())
-                    .output_interface(index);
+                let mut req = req.v6().destination_prefix(n.network(), n.prefix_len());
                 let msg = req.message_mut().clone();
                 (req.execute().await, msg)
             }
@@ -124,8 +153,13 @@ impl Netlink {
         match result {
             Ok(()) => Ok(Some(msg)),
             Err(e) if is_exists(&e) => Ok(None),
-            Err(e) => Err(anyhow!("adding route {net}: {e}")),
+            Err(e) => Err(anyhow!("adding route {net} (table {table}): {e}")),
         }
+    }
+
+    /// Deletes a route added by [`Netlink::add_route_in`]; a missing route is fine.
+    pub async fn delete_route(&self, msg: RouteMessage) -> Result<()> {
+        self.del_route(msg).await
     }
 
     async fn del_route(&self, msg: RouteMessage) -> Result<()> {

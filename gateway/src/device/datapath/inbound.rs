@@ -10,7 +10,10 @@ use crate::device::counters::BatchCounters;
 use crate::io::offload::Coalescer;
 use crate::wg::{Packet, Route, TunnResult, WgError};
 
-use super::{classify, lock, send, send_to_peer, Action, Device, DropReason, Peer, MAX_IP_PACKET, WG_OVERHEAD};
+use super::{
+    classify, lock, send, send_to_peer, Action, Device, DropReason, Peer, MAX_IP_PACKET,
+    WG_OVERHEAD,
+};
 
 /// Receive rounds (each one GRO batch or datagram) handled before writing to the TUN.
 const MAX_RECV_ROUNDS: usize = 8;
@@ -29,11 +32,15 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
         let mut next = Some(dev.socket.recv_coalesced(&mut rx).await?);
         let mut rounds = 0;
         while let Some((n, src, segment)) = next {
+            let now = Instant::now();
             let batching = &dev.counters.batching;
             BatchCounters::add(&batching.udp_recvs, 1);
-            BatchCounters::add(&batching.udp_recv_datagrams, n.div_ceil(segment.unwrap_or(n).max(1)) as u64);
+            BatchCounters::add(
+                &batching.udp_recv_datagrams,
+                n.div_ceil(segment.unwrap_or(n).max(1)) as u64,
+            );
             for datagram in rx[..n].chunks(segment.unwrap_or(n).max(1)) {
-                let Some(len) = handle_datagram(&dev, src, datagram, &mut plain).await else {
+                let Some(len) = handle_datagram(&dev, src, datagram, &mut plain, now).await else {
                     continue;
                 };
                 if !vnet {
@@ -88,11 +95,20 @@ enum Routed<'a> {
 }
 
 /// Parses a datagram, checks MACs (demanding cookies under load) and finds its peer.
-fn route_datagram<'a>(dev: &Device, src: SocketAddr, datagram: &'a [u8], out: &mut [u8], now: Instant) -> Routed<'a> {
+fn route_datagram<'a>(
+    dev: &Device,
+    src: SocketAddr,
+    datagram: &'a [u8],
+    out: &mut [u8],
+    now: Instant,
+) -> Routed<'a> {
     let st = dev.state();
     let is_handshake = matches!(datagram.first(), Some(1) | Some(2));
     let under_load = is_handshake && dev.load.record_handshake(now);
-    let packet = match st.responder.verify_and_identify(src, datagram, under_load, out) {
+    let packet = match st
+        .responder
+        .verify_and_identify(src, datagram, under_load, out)
+    {
         Ok(p) => p,
         Err(TunnResult::WriteToNetwork(reply)) => return Routed::CookieReply(reply.len()),
         Err(TunnResult::Err(WgError::Wire(_))) => return Routed::Drop(DropReason::Malformed),
@@ -112,12 +128,19 @@ fn route_datagram<'a>(dev: &Device, src: SocketAddr, datagram: &'a [u8], out: &m
 /// Handles one datagram: answers handshakes, and returns the length of a decrypted packet
 /// left in `out` for the TUN (its inner source already checked against the peer's allowed
 /// IPs).
-async fn handle_datagram(dev: &Device, src: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Option<usize> {
-    let now = Instant::now();
+async fn handle_datagram(
+    dev: &Device,
+    src: SocketAddr,
+    datagram: &[u8],
+    out: &mut [u8],
+    now: Instant,
+) -> Option<usize> {
     let (peer, packet) = match route_datagram(dev, src, datagram, out, now) {
         Routed::Peer(peer, packet) => (peer, packet),
         Routed::CookieReply(len) => {
-            dev.counters.cookie_replies_sent.fetch_add(1, Ordering::Relaxed);
+            dev.counters
+                .cookie_replies_sent
+                .fetch_add(1, Ordering::Relaxed);
             send(dev, &out[..len], src).await;
             return None;
         }
@@ -128,7 +151,10 @@ async fn handle_datagram(dev: &Device, src: SocketAddr, datagram: &[u8], out: &m
     };
     let (action, queued) = {
         let mut tunnel = lock(&peer.tunnel);
-        let action = classify(tunnel.decapsulate_packet(Some(src), packet, out, now), Some(src));
+        let action = classify(
+            tunnel.decapsulate_packet(Some(src), packet, out, now),
+            Some(src),
+        );
         (action, tunnel.queued_packets() > 0)
     };
     if let Action::Drop(r) = action {
@@ -141,7 +167,11 @@ async fn handle_datagram(dev: &Device, src: SocketAddr, datagram: &[u8], out: &m
         Action::SendTo(len, to) => send(dev, &out[..len], to).await,
         Action::SendToPeer(len) => send_to_peer(dev, &peer, &out[..len]).await,
         Action::ToTun { len, src: inner } => {
-            let allowed = dev.state().routes.lookup(inner).is_some_and(|o| Arc::ptr_eq(o, &peer));
+            let allowed = dev
+                .state()
+                .routes
+                .lookup(inner)
+                .is_some_and(|o| Arc::ptr_eq(o, &peer));
             if !allowed {
                 dev.counters.drop(DropReason::NotAllowedSource);
                 return None;

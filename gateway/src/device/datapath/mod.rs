@@ -97,7 +97,10 @@ pub async fn timers(dev: Arc<Device>) {
         tick.tick().await;
         let peers: Vec<Arc<Peer>> = dev.state().peers.values().cloned().collect();
         for peer in peers {
-            let action = classify(lock(&peer.tunnel).update_timers(&mut out, Instant::now()), None);
+            let action = classify(
+                lock(&peer.tunnel).update_timers(&mut out, Instant::now()),
+                None,
+            );
             if let Action::SendToPeer(len) = action {
                 send_to_peer(&dev, &peer, &out[..len]).await;
             }

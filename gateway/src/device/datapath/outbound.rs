@@ -95,7 +95,10 @@ async fn send_batch(dev: &Device, out: &PacketBatch, to: SocketAddr) {
         let size = out.len_of(i);
         let mut end = i + 1;
         let mut bytes = size;
-        while end < out.len() && end - i < MAX_GSO_SEGMENTS && bytes + out.len_of(end) <= MAX_GSO_BYTES {
+        while end < out.len()
+            && end - i < MAX_GSO_SEGMENTS
+            && bytes + out.len_of(end) <= MAX_GSO_BYTES
+        {
             let next = out.len_of(end);
             if next > size {
                 break;
@@ -107,7 +110,11 @@ async fn send_batch(dev: &Device, out: &PacketBatch, to: SocketAddr) {
             }
         }
         BatchCounters::add(&dev.counters.batching.udp_sends, 1);
-        if let Err(e) = dev.socket.send_segments(out.contiguous(i..end), size, to).await {
+        if let Err(e) = dev
+            .socket
+            .send_segments(out.contiguous(i..end), size, to)
+            .await
+        {
             log::debug!("send to {to}: {e}");
         }
         i = end;

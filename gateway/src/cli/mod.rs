@@ -1,0 +1,4 @@
+//! Command-line front ends that talk to the local daemon (the binary's `main.rs` parses
+//! arguments and delegates here).
+
+pub mod routing;

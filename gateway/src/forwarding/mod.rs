@@ -1,0 +1,10 @@
+//! The subnet-router and exit-node side: IP forwarding sysctls, the nftables fallback path
+//! (masquerade), and 4via6 translation in userspace.
+
+pub mod apply;
+pub mod nft;
+pub mod sysctl;
+pub mod via;
+
+pub use apply::{Routing, RoutingChange, RoutingStatus};
+pub use via::ViaTranslator;
