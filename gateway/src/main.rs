@@ -62,6 +62,8 @@ enum Command {
     Genkey,
     /// Read a base64 private key on stdin and print its public key (like `wg pubkey`).
     Pubkey,
+    // Help text (short and long) comes from `ControlArgs`.
+    Control(tailgate::control::cli::ControlArgs),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", Key::generate_private().to_base64());
             Ok(())
         }
+        Command::Control(args) => tailgate::control::cli::run(args),
         Command::Pubkey => {
             let mut input = String::new();
             std::io::stdin()

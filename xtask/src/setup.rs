@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
     "ethtool",
+    "nftables",
 ];
 
 /// Tools installed with `cargo install`: (binary, crate, version, extra args, PATH prefix).

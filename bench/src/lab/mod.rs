@@ -42,6 +42,8 @@ impl Host {
 pub struct Lab {
     /// Nodes, stopped before the namespaces go away.
     pub nodes: Vec<Node>,
+    /// Plain hosts on the nodes' LANs (not on the underlay).
+    pub lan_hosts: Vec<Netns>,
     hub: Netns,
     bridge: String,
 }
@@ -55,6 +57,7 @@ impl Lab {
         hub.ip(&["link", "set", &bridge, "up"])?;
         Ok(Lab {
             nodes: Vec::new(),
+            lan_hosts: Vec::new(),
             hub,
             bridge,
         })
@@ -98,10 +101,54 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// [`Lab::start`] with extra TOML for a tailgate node's `[interface]` table.
+    pub fn start_with(
+        &mut self,
+        kind: Kind,
+        index: u8,
+        keys: Keypair,
+        peers: &[PeerSpec],
+        interface_toml: &str,
+    ) -> Result<usize> {
+        let host = self.host(index)?;
+        let node = Node::start_with(kind, host, keys, peers, interface_toml)?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// A host on a LAN behind node `node`: a new namespace joined to the node's namespace by
+    /// a veth (`lan_if` on the node side with `router_cidr`, `eth1` on the host with
+    /// `host_cidr`), with a default route via the router. Returns its position in
+    /// `lan_hosts`.
+    pub fn lan_host(
+        &mut self,
+        node: usize,
+        lan_if: &str,
+        router_cidr: &str,
+        host_cidr: &str,
+    ) -> Result<usize> {
+        let ns = Netns::new("tglan")?;
+        veth(
+            &self.nodes[node].host.ns,
+            lan_if,
+            &[router_cidr],
+            &ns,
+            "eth1",
+            &[host_cidr],
+        )?;
+        let gateway = router_cidr.split('/').next().unwrap_or(router_cidr);
+        ns.ip(&["route", "add", "default", "via", gateway])?;
+        self.lan_hosts.push(ns);
+        Ok(self.lan_hosts.len() - 1)
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         // Stop processes before their namespaces disappear.
         self.nodes.clear();
+        self.lan_hosts.clear();
     }
 }
 

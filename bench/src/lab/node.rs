@@ -88,6 +88,8 @@ pub struct PeerSpec {
     pub allowed_ips: Vec<String>,
     /// Persistent keepalive seconds.
     pub keepalive: Option<u16>,
+    /// Extra TOML lines for a tailgate `[[peer]]` table (name, routes, exit_node).
+    pub extra_toml: String,
 }
 
 /// UDP port every lab node listens on.
@@ -145,6 +147,18 @@ impl Node {
 
     /// Starts `kind` in `host` with `peers`, and waits until it is ready.
     pub fn start(kind: Kind, host: Host, keys: Keypair, peers: &[PeerSpec]) -> Result<Node> {
+        Self::start_with(kind, host, keys, peers, "")
+    }
+
+    /// [`Node::start`] with extra TOML for a tailgate node's `[interface]` table (routing
+    /// settings; may end with top-level tables such as `[[via]]`).
+    pub fn start_with(
+        kind: Kind,
+        host: Host,
+        keys: Keypair,
+        peers: &[PeerSpec],
+        interface_toml: &str,
+    ) -> Result<Node> {
         let ifname = unique_name(match kind {
             Kind::Tailgate { .. } => "tg",
             Kind::WireguardGo => "wgo",
@@ -155,7 +169,10 @@ impl Node {
         let node = match &kind {
             Kind::Tailgate { bin, args } => {
                 let config = std::env::temp_dir().join(format!("{ifname}.toml"));
-                std::fs::write(&config, tailgate_config(&ifname, &keys, v4, v6, peers))?;
+                std::fs::write(
+                    &config,
+                    tailgate_config(&ifname, &keys, v4, v6, peers, interface_toml),
+                )?;
                 let socket = PathBuf::from(format!("/run/tailgate/{ifname}.sock"));
                 let mut cmd = host.ns.command(&bin.to_string_lossy());
                 cmd.arg("daemon")
@@ -381,6 +398,7 @@ pub fn peer_spec(keys: &Keypair, index: u8, endpoint: Option<SocketAddr>) -> Pee
             format!("fd7a:115c:a1e0::{index:x}/128"),
         ],
         keepalive: None,
+        extra_toml: String::new(),
     }
 }
 
@@ -390,10 +408,11 @@ fn tailgate_config(
     v4: Ipv4Addr,
     v6: Ipv6Addr,
     peers: &[PeerSpec],
+    interface_toml: &str,
 ) -> String {
     let mut s = format!(
         "[interface]\nname = \"{ifname}\"\nprivate_key = \"{}\"\nlisten_port = {LISTEN_PORT}\n\
-         address = [\"{v4}/32\", \"{v6}/128\"]\nxdp_interface = \"eth0\"\nxdp = \"native\"\n",
+         address = [\"{v4}/32\", \"{v6}/128\"]\nxdp_interface = \"eth0\"\nxdp = \"native\"\n{interface_toml}\n",
         keys.private
     );
     for p in peers {
@@ -406,6 +425,8 @@ fn tailgate_config(
         if let Some(k) = p.keepalive {
             s.push_str(&format!("persistent_keepalive = {k}\n"));
         }
+        s.push_str(&p.extra_toml);
+        s.push('\n');
     }
     s
 }

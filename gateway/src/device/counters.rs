@@ -23,12 +23,14 @@ pub enum DropReason {
     NoEndpoint,
     /// A packet from the TUN that is not IPv4/IPv6.
     BadTunPacket,
+    /// A 4via6 packet that could not be translated.
+    Untranslatable,
 }
 
 /// Atomic counters; cheap to bump from any data-path task.
 #[derive(Debug, Default)]
 pub struct Counters {
-    drops: [AtomicU64; 8],
+    drops: [AtomicU64; 9],
     /// Cookie replies sent because the device was under load.
     pub cookie_replies_sent: AtomicU64,
     /// How well the data path batches.
@@ -113,6 +115,8 @@ pub struct CounterSnapshot {
     pub drop_no_endpoint: u64,
     /// TUN packets that are not IP.
     pub drop_bad_tun_packet: u64,
+    /// 4via6 packets that could not be translated.
+    pub drop_untranslatable: u64,
     /// Cookie replies sent under load.
     pub cookie_replies_sent: u64,
 }
@@ -135,6 +139,7 @@ impl Counters {
             drop_no_route: d(DropReason::NoRoute),
             drop_no_endpoint: d(DropReason::NoEndpoint),
             drop_bad_tun_packet: d(DropReason::BadTunPacket),
+            drop_untranslatable: d(DropReason::Untranslatable),
             cookie_replies_sent: self.cookie_replies_sent.load(Ordering::Relaxed),
         }
     }

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::route::{RouteMessage, RouteType};
-use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::IpVersion;
 
 use super::{Netlink, MAIN_TABLE};
@@ -95,7 +95,8 @@ impl ExitRouting {
             .rule()
             .add()
             .priority(priority)
-            .table_id(table);
+            .table_id(table)
+            .action(RuleAction::ToTable);
         if let Some(mark) = mark {
             req = req.fw_mark(mark);
             req.message_mut()

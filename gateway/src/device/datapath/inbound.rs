@@ -28,6 +28,7 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
     let mut rx = vec![0u8; MAX_IP_PACKET + 4096];
     let mut plain = vec![0u8; MAX_IP_PACKET + WG_OVERHEAD];
     let mut coalescer = Coalescer::new(COALESCE_BYTES, 1024);
+    let mut translated = Vec::with_capacity(MAX_IP_PACKET);
     loop {
         let mut next = Some(dev.socket.recv_coalesced(&mut rx).await?);
         let mut rounds = 0;
@@ -39,15 +40,33 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
                 &batching.udp_recv_datagrams,
                 n.div_ceil(segment.unwrap_or(n).max(1)) as u64,
             );
+            let via = dev.state().via.clone();
             for datagram in rx[..n].chunks(segment.unwrap_or(n).max(1)) {
-                let Some(len) = handle_datagram(&dev, src, datagram, &mut plain, now).await else {
+                let Some((len, peer)) = handle_datagram(&dev, src, datagram, &mut plain, now).await
+                else {
                     continue;
                 };
+                let packet = match &via {
+                    Some(via) => match via.to_lan(
+                        &plain[..len],
+                        lock(&peer.settings).tailnet_v4(),
+                        &mut translated,
+                    ) {
+                        Ok(true) => &translated[..],
+                        Ok(false) => &plain[..len],
+                        Err(e) => {
+                            log::debug!("4via6: {e}");
+                            dev.counters.drop(DropReason::Untranslatable);
+                            continue;
+                        }
+                    },
+                    None => &plain[..len],
+                };
                 if !vnet {
-                    write_tun(&dev, &plain[..len], 1).await;
-                } else if !coalescer.push(&plain[..len]) {
+                    write_tun(&dev, packet, 1).await;
+                } else if !coalescer.push(packet) {
                     flush(&dev, &mut coalescer).await;
-                    if !coalescer.push(&plain[..len]) {
+                    if !coalescer.push(packet) {
                         dev.counters.drop(DropReason::BadTunPacket);
                     }
                 }
@@ -127,14 +146,14 @@ fn route_datagram<'a>(
 
 /// Handles one datagram: answers handshakes, and returns the length of a decrypted packet
 /// left in `out` for the TUN (its inner source already checked against the peer's allowed
-/// IPs).
+/// IPs) with the peer it came from.
 async fn handle_datagram(
     dev: &Device,
     src: SocketAddr,
     datagram: &[u8],
     out: &mut [u8],
     now: Instant,
-) -> Option<usize> {
+) -> Option<(usize, Arc<Peer>)> {
     let (peer, packet) = match route_datagram(dev, src, datagram, out, now) {
         Routed::Peer(peer, packet) => (peer, packet),
         Routed::CookieReply(len) => {
@@ -183,7 +202,7 @@ async fn handle_datagram(
                 let mut scratch = vec![0u8; out.len()];
                 flush_queued(dev, &peer, &mut scratch).await;
             }
-            return Some(len);
+            return Some((len, peer));
         }
         Action::None | Action::Drop(_) => {}
     }

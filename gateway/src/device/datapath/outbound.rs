@@ -24,6 +24,7 @@ pub async fn tun_to_udp(dev: Arc<Device>) -> io::Result<()> {
     let mut read = vec![0u8; VNET_HDR_LEN + MAX_IP_PACKET];
     let mut segments = PacketBatch::new(SEGMENT_BYTES, MAX_SEGMENTS);
     let mut out = PacketBatch::new(SEGMENT_BYTES + MAX_SEGMENTS * WG_OVERHEAD, MAX_SEGMENTS);
+    let mut translated = Vec::with_capacity(MAX_IP_PACKET);
     loop {
         let n = dev.tun.recv(&mut read).await?;
         segments.clear();
@@ -43,10 +44,16 @@ pub async fn tun_to_udp(dev: Arc<Device>) -> io::Result<()> {
             continue;
         };
         out.clear();
+        let via = dev.state().via.clone();
         {
             let mut tunnel = lock(&peer.tunnel);
             let now = Instant::now();
             for seg in segments.iter() {
+                // Replies of 4via6 flows go back as IPv6 from the site's 4via6 address.
+                let seg = match &via {
+                    Some(via) if via.to_tailnet(seg, &mut translated) => &translated[..],
+                    _ => seg,
+                };
                 match tunnel.encapsulate(seg, out.spare(), now) {
                     TunnResult::WriteToNetwork(d) => {
                         let len = d.len();

@@ -1,0 +1,406 @@
+//! Subnet routers, 4via6 and exit nodes over real tunnels in network namespaces (the
+//! fallback forwarding path: kernel forwarding + nftables masquerade, 4via6 in userspace).
+//! Needs root; every namespace, link, rule and process is removed on drop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use tailgate_bench::lab::node::{peer_spec, PeerSpec, LISTEN_PORT};
+use tailgate_bench::lab::{self, Keypair, Kind, Lab, Netns};
+
+const TAILGATE: &str = env!("CARGO_BIN_EXE_tailgate");
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn require_root() {
+    assert!(
+        lab::is_root(),
+        "network-namespace tests need root (run `cargo xtask test` as root)"
+    );
+}
+
+fn endpoint(index: u8) -> SocketAddr {
+    format!("10.99.0.{index}:{LISTEN_PORT}").parse().unwrap()
+}
+
+/// A peer entry with extra tailgate settings (name, routes, exit_node).
+fn peer_with(keys: &Keypair, index: u8, with_endpoint: bool, extra: &str) -> PeerSpec {
+    let mut p = peer_spec(keys, index, with_endpoint.then(|| endpoint(index)));
+    p.extra_toml = extra.to_string();
+    p
+}
+
+/// Answers one TCP connection and one UDP datagram (on `port`) with `name` and the source
+/// address it saw; runs inside `ns` until both were served or `TIMEOUT` passed.
+fn whoami_server(
+    ns: &Netns,
+    name: &'static str,
+    port: u16,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn_inside(move || -> Result<()> {
+        let tcp = TcpListener::bind(("::", port))?;
+        let udp = UdpSocket::bind(("::", port))?;
+        tcp.set_nonblocking(true)?;
+        udp.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let _ = ready_tx.send(());
+        let deadline = std::time::Instant::now() + TIMEOUT * 4;
+        let (mut tcp_done, mut udp_done) = (false, false);
+        while !(tcp_done && udp_done) && std::time::Instant::now() < deadline {
+            if let Ok((mut s, from)) = tcp.accept() {
+                s.write_all(format!("{name} {}", canonical(from).ip()).as_bytes())?;
+                tcp_done = true;
+            }
+            let mut buf = [0u8; 64];
+            if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                udp.send_to(format!("{name} {}", canonical(from).ip()).as_bytes(), from)?;
+                udp_done = true;
+            }
+        }
+        Ok(())
+    })?;
+    ready_rx
+        .recv_timeout(TIMEOUT)
+        .map_err(|_| anyhow!("server did not start"))?;
+    Ok(handle)
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Asks the whoami server at `to` over TCP and over UDP from inside `ns`; returns both
+/// answers.
+fn ask_whoami(ns: &Netns, to: SocketAddr) -> Result<(String, String)> {
+    ns.spawn_inside(move || -> Result<(String, String)> {
+        let mut s =
+            TcpStream::connect_timeout(&to, TIMEOUT).with_context(|| format!("TCP to {to}"))?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let mut tcp = String::new();
+        s.read_to_string(&mut tcp)?;
+        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+        let u = UdpSocket::bind(bind)?;
+        u.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = [0u8; 128];
+        for _ in 0..10 {
+            u.send_to(b"who?", to)?;
+            if let Ok((n, _)) = u.recv_from(&mut buf) {
+                return Ok((tcp, String::from_utf8_lossy(&buf[..n]).into_owned()));
+            }
+        }
+        Err(anyhow!("no UDP answer from {to}"))
+    })?
+    .join()
+    .map_err(|_| anyhow!("client panicked"))?
+}
+
+fn ping(ns: &Netns, dst: &str) -> Result<String> {
+    ns.exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", "-w", "8", dst])
+}
+
+/// A client (node 1, accepts routes) and a subnet router (node 2) for 192.168.50.0/24 with
+/// a LAN host 192.168.50.5.
+fn router_lab(snat: bool) -> Result<Lab> {
+    let mut lab = Lab::new()?;
+    let (kc, kr) = (Keypair::generate()?, Keypair::generate()?);
+    lab.start_with(
+        Kind::tailgate(TAILGATE),
+        2,
+        kr.clone(),
+        &[peer_with(&kc, 1, false, "")],
+        &format!("advertise_routes = [\"192.168.50.0/24\"]\nsnat_subnet_routes = {snat}\n"),
+    )?;
+    lab.lan_host(0, "lan0", "192.168.50.1/24", "192.168.50.5/24")?;
+    lab.start_with(
+        Kind::tailgate(TAILGATE),
+        1,
+        kc,
+        &[peer_with(
+            &kr,
+            2,
+            true,
+            "name = \"router\"\nroutes = [\"192.168.50.0/24\"]\n",
+        )],
+        "accept_routes = true\n",
+    )?;
+    Ok(lab)
+}
+
+#[test]
+fn subnet_router_snat_on_lan_sees_router_address() {
+    require_root();
+    let lab = router_lab(true).expect("lab");
+    let client = &lab.nodes[1].host.ns;
+    ping(client, "192.168.50.5").unwrap_or_else(|e| panic!("{e:#}\n{}", lab.nodes[0].log()));
+    let server = whoami_server(&lab.lan_hosts[0], "lan", 7000).unwrap();
+    let (tcp, udp) = ask_whoami(client, "192.168.50.5:7000".parse().unwrap()).unwrap();
+    server.join().unwrap().unwrap();
+    assert_eq!(tcp, "lan 192.168.50.1", "TCP source seen on the LAN");
+    assert_eq!(udp, "lan 192.168.50.1", "UDP source seen on the LAN");
+    let status = lab.nodes[0].tailgate_status(false).unwrap();
+    assert!(
+        status.contains("advertised routes: 192.168.50.0/24"),
+        "{status}"
+    );
+    assert!(status.contains("subnet SNAT: on"), "{status}");
+}
+
+#[test]
+fn subnet_router_snat_off_keeps_tailnet_source() {
+    require_root();
+    let lab = router_lab(false).expect("lab");
+    // Without SNAT the LAN needs a route back to the tailnet: through the router.
+    lab.lan_hosts[0]
+        .ip(&["route", "add", "100.64.0.0/10", "via", "192.168.50.1"])
+        .unwrap();
+    let client = &lab.nodes[1].host.ns;
+    ping(client, "192.168.50.5").unwrap();
+    let server = whoami_server(&lab.lan_hosts[0], "lan", 7001).unwrap();
+    let (tcp, udp) = ask_whoami(client, "192.168.50.5:7001".parse().unwrap()).unwrap();
+    server.join().unwrap().unwrap();
+    assert_eq!(tcp, "lan 100.64.0.1");
+    assert_eq!(udp, "lan 100.64.0.1");
+}
+
+#[test]
+fn tailgate_set_changes_snat_at_runtime() {
+    require_root();
+    let lab = router_lab(true).expect("lab");
+    lab.lan_hosts[0]
+        .ip(&["route", "add", "100.64.0.0/10", "via", "192.168.50.1"])
+        .unwrap();
+    let socket = lab.nodes[0].control_socket.clone().unwrap();
+    lab::run(
+        std::process::Command::new(TAILGATE)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["set", "--snat-subnet-routes=false"]),
+    )
+    .unwrap();
+    let server = whoami_server(&lab.lan_hosts[0], "lan", 7002).unwrap();
+    let (tcp, _) = ask_whoami(&lab.nodes[1].host.ns, "192.168.50.5:7002".parse().unwrap()).unwrap();
+    server.join().unwrap().unwrap();
+    assert_eq!(tcp, "lan 100.64.0.1");
+    // A bad exit node is refused with a clear error and changes nothing.
+    let out = std::process::Command::new(TAILGATE)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["set", "--exit-node=nobody"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no peer named or addressed \"nobody\""));
+}
+
+/// Two sites both using 10.1.1.0/24 behind routers for site 7 and site 8; the client reaches
+/// each site's 10.1.1.5 through its 4via6 address.
+#[test]
+fn four_via_six_reaches_overlapping_sites() {
+    require_root();
+    let mut lab = Lab::new().unwrap();
+    let (kc, k7, k8) = (
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+    );
+    for (keys, index, site) in [(&k7, 2u8, 7u16), (&k8, 3, 8)] {
+        let i = lab
+            .start_with(
+                Kind::tailgate(TAILGATE),
+                index,
+                keys.clone(),
+                &[peer_with(&kc, 1, false, "")],
+                &format!("\n[[via]]\nsite = {site}\nroutes = [\"10.1.1.0/24\"]\n"),
+            )
+            .unwrap();
+        lab.lan_host(i, "lan0", "10.1.1.1/24", "10.1.1.5/24")
+            .unwrap();
+    }
+    let route = |site: u16| format!("routes = [\"fd7a:115c:a1e0:b1a:0:{site:x}:a01:100/120\"]\n");
+    lab.start_with(
+        Kind::tailgate(TAILGATE),
+        1,
+        kc,
+        &[
+            peer_with(&k7, 2, true, &route(7)),
+            peer_with(&k8, 3, true, &route(8)),
+        ],
+        "accept_routes = true\n",
+    )
+    .unwrap();
+    let client = &lab.nodes[2].host.ns;
+    for (site, lan, name) in [(7, 0, "site7"), (8, 1, "site8")] {
+        let via = format!("fd7a:115c:a1e0:b1a:0:{site:x}:a01:105");
+        ping(client, &via).unwrap_or_else(|e| panic!("{e:#}\n{}", lab.nodes[lan].log()));
+        let server = whoami_server(&lab.lan_hosts[lan], name, 7100).unwrap();
+        let (tcp, udp) = ask_whoami(client, format!("[{via}]:7100").parse().unwrap()).unwrap();
+        server.join().unwrap().unwrap();
+        // The site's host answers, seeing its router's LAN address (4via6 always SNATs).
+        assert_eq!(tcp, format!("{name} 10.1.1.1"));
+        assert_eq!(udp, format!("{name} 10.1.1.1"));
+    }
+}
+
+/// The seed's example: router A advertises 10.0.0.0/16, router B 10.0.1.0/24; 10.0.1.5 goes
+/// via B and 10.0.2.5 via A.
+#[test]
+fn longest_prefix_wins_across_routers() {
+    require_root();
+    let mut lab = Lab::new().unwrap();
+    let (kc, ka, kb) = (
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+    );
+    let a = lab
+        .start_with(
+            Kind::tailgate(TAILGATE),
+            2,
+            ka.clone(),
+            &[peer_with(&kc, 1, false, "")],
+            "advertise_routes = [\"10.0.0.0/16\"]\n",
+        )
+        .unwrap();
+    lab.lan_host(a, "lan0", "10.0.0.1/16", "10.0.2.5/16")
+        .unwrap();
+    let b = lab
+        .start_with(
+            Kind::tailgate(TAILGATE),
+            3,
+            kb.clone(),
+            &[peer_with(&kc, 1, false, "")],
+            "advertise_routes = [\"10.0.1.0/24\"]\n",
+        )
+        .unwrap();
+    lab.lan_host(b, "lan0", "10.0.1.1/24", "10.0.1.5/24")
+        .unwrap();
+    lab.start_with(
+        Kind::tailgate(TAILGATE),
+        1,
+        kc,
+        &[
+            peer_with(&ka, 2, true, "routes = [\"10.0.0.0/16\"]\n"),
+            peer_with(&kb, 3, true, "routes = [\"10.0.1.0/24\"]\n"),
+        ],
+        "accept_routes = true\n",
+    )
+    .unwrap();
+    let client = &lab.nodes[2].host.ns;
+    for (dst, lan, name, router_lan) in [
+        ("10.0.1.5", 1, "b", "10.0.1.1"),
+        ("10.0.2.5", 0, "a", "10.0.0.1"),
+    ] {
+        let server = whoami_server(&lab.lan_hosts[lan], name, 7200).unwrap();
+        let (tcp, _) = ask_whoami(client, format!("{dst}:7200").parse().unwrap()).unwrap();
+        server.join().unwrap().unwrap();
+        assert_eq!(
+            tcp,
+            format!("{name} {router_lan}"),
+            "{dst} must go via router {name}"
+        );
+    }
+}
+
+/// An exit node with an "internet" host behind it; the client's own LAN stays direct only
+/// with `exit_node_allow_lan_access`.
+#[test]
+fn exit_node_carries_internet_traffic_and_lan_access_is_optional() {
+    require_root();
+    let mut lab = Lab::new().unwrap();
+    let (kc, ke) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    let e = lab
+        .start_with(
+            Kind::tailgate(TAILGATE),
+            2,
+            ke.clone(),
+            &[peer_with(&kc, 1, false, "")],
+            "advertise_exit_node = true\n",
+        )
+        .unwrap();
+    lab.lan_host(e, "wan1", "203.0.113.254/24", "203.0.113.1/24")
+        .unwrap();
+    let c = lab
+        .start_with(
+            Kind::tailgate(TAILGATE),
+            1,
+            kc,
+            &[peer_with(
+                &ke,
+                2,
+                true,
+                "name = \"exit1\"\nexit_node = true\n",
+            )],
+            "exit_node = \"exit1\"\n",
+        )
+        .unwrap();
+    lab.lan_host(c, "lan1", "192.168.77.1/24", "192.168.77.7/24")
+        .unwrap();
+    let client = lab.nodes[c].host.ns.name().to_string();
+    let client_ns = &lab.nodes[c].host.ns;
+    ping(client_ns, "203.0.113.1").unwrap_or_else(|e| panic!("{e:#}\n{}", lab.nodes[c].log()));
+    let server = whoami_server(&lab.lan_hosts[0], "internet", 7300).unwrap();
+    let (tcp, udp) = ask_whoami(client_ns, "203.0.113.1:7300".parse().unwrap()).unwrap();
+    server.join().unwrap().unwrap();
+    assert_eq!(
+        tcp, "internet 203.0.113.254",
+        "exit traffic leaves with the exit node's address"
+    );
+    assert_eq!(udp, "internet 203.0.113.254");
+    // The client's LAN goes to the exit node too (and dies there) unless allowed.
+    assert!(
+        ping(client_ns, "192.168.77.7").is_err(),
+        "LAN reachable without allow-LAN in {client}"
+    );
+    let socket = lab.nodes[c].control_socket.clone().unwrap();
+    let set = |arg: &str| {
+        lab::run(
+            std::process::Command::new(TAILGATE)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["set", arg]),
+        )
+        .unwrap()
+    };
+    set("--exit-node-allow-lan-access=true");
+    ping(client_ns, "192.168.77.7").expect("LAN direct with allow-LAN");
+    ping(client_ns, "203.0.113.1").expect("internet still via the exit node");
+    let list = lab::run(
+        std::process::Command::new(TAILGATE)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["exit-node", "list"]),
+    )
+    .unwrap();
+    assert!(list.starts_with("IP"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("100.64.0.2") && l.contains("exit1") && l.ends_with("selected")),
+        "{list}"
+    );
+    let suggest = lab::run(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &client, TAILGATE, "--socket"])
+            .arg(&socket)
+            .args(["exit-node", "suggest"]),
+    )
+    .unwrap();
+    assert!(
+        suggest.contains("Suggested exit node: exit1 (100.64.0.2"),
+        "{suggest}"
+    );
+    // Turning the exit node off removes the policy routing.
+    set("--exit-node=");
+    assert!(
+        ping(client_ns, "203.0.113.1").is_err(),
+        "internet must not be reachable without the exit node"
+    );
+    let rules = client_ns.ip(&["rule", "show"]).unwrap();
+    assert!(!rules.contains("lookup 52"), "{rules}");
+}
