@@ -88,7 +88,25 @@ pub struct Config {
     pub routing: RoutingPrefs,
     /// Static peers, in file order.
     pub peers: Vec<PeerConfig>,
+    /// The `[control]` table: peers, key and addresses come from a coordination server.
+    pub control: Option<ControlConfig>,
 }
+
+/// The `[control]` table, validated: the daemon runs in control mode (`tailgate up`).
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The default login server for `tailgate up` (and to resume a registration at start-up).
+    pub login_server: Option<crate::control::login_url::LoginServer>,
+    /// Where the node's keys and registration live.
+    pub state_dir: PathBuf,
+    /// A LAN address a subnet router pings periodically; its result is reported as LAN health.
+    pub health_probe: Option<std::net::IpAddr>,
+    /// The hostname to register with when `tailgate up` gives none.
+    pub hostname: Option<String>,
+}
+
+/// Default state directory of a node in control mode.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tailgate";
 
 /// The `[interface]` table, validated.
 #[derive(Debug, Clone)]
@@ -141,6 +159,16 @@ struct RawConfig {
     via: Vec<RawVia>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    control: Option<RawControl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    login_server: Option<String>,
+    state_dir: Option<PathBuf>,
+    health_probe: Option<String>,
+    hostname: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +239,39 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::new(path, "", toml_error(&e)))?;
         let routing = validate_routing(path, &raw.interface, &raw.via)?;
+        let control = raw.control.map(|c| validate_control(path, c)).transpose()?;
+        if let Some(c) = &control {
+            let err = |key: &str, problem: &str| ConfigError::new(path, key.to_string(), problem);
+            if raw.interface.private_key.is_some() || raw.interface.private_key_file.is_some() {
+                return Err(err(
+                    "interface.private_key",
+                    "not allowed with [control]: the key lives in control.state_dir",
+                ));
+            }
+            if !raw.interface.address.is_empty() {
+                return Err(err(
+                    "interface.address",
+                    "not allowed with [control]: addresses come from the coordination server",
+                ));
+            }
+            if !raw.peer.is_empty() {
+                return Err(err(
+                    "peer",
+                    "static peers are not allowed with [control]: peers come from the coordination server",
+                ));
+            }
+            let state = crate::control::node_state::NodeState::load_or_create(&c.state_dir)
+                .map_err(|e| err("control.state_dir", &format!("{e:#}")))?;
+            let mut raw_if = raw.interface;
+            raw_if.private_key = Some(state.node_key.to_base64());
+            let interface = validate_interface(path, raw_if, mtu_override)?;
+            return Ok(Config {
+                interface,
+                routing,
+                peers: Vec::new(),
+                control,
+            });
+        }
         let interface = validate_interface(path, raw.interface, mtu_override)?;
         let mut peers = Vec::with_capacity(raw.peer.len());
         let mut seen = HashSet::new();
@@ -248,6 +309,7 @@ impl Config {
             interface,
             routing,
             peers,
+            control: None,
         })
     }
 }
@@ -257,6 +319,36 @@ fn toml_error(e: &toml::de::Error) -> String {
         Some(span) => format!("{} (at byte {})", e.message(), span.start),
         None => e.message().to_string(),
     }
+}
+
+fn validate_control(path: &Path, raw: RawControl) -> Result<ControlConfig, ConfigError> {
+    let err =
+        |key: &str, problem: String| ConfigError::new(path, format!("control.{key}"), problem);
+    let login_server = raw
+        .login_server
+        .map(|u| u.parse().map_err(|e| err("login_server", format!("{e}"))))
+        .transpose()?;
+    let health_probe = raw
+        .health_probe
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|_| err("health_probe", format!("{a:?} is not an IP address")))
+        })
+        .transpose()?;
+    let state_dir = raw
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let state_dir = match path.parent() {
+        Some(d) if state_dir.is_relative() => d.join(state_dir),
+        _ => state_dir,
+    };
+    Ok(ControlConfig {
+        login_server,
+        state_dir,
+        health_probe,
+        hostname: raw.hostname,
+    })
 }
 
 fn validate_interface(
@@ -539,6 +631,34 @@ mod tests {
         assert!(e.contains("[addr]:port"), "{e}");
         let e = parse("[interface]\nname = \"tg0\"\n").unwrap_err();
         assert!(e.contains("interface.private_key: missing"), "{e}");
+    }
+
+    /// Every example in config/ parses (with an inline key instead of the key file).
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text: String = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("private_key_file") {
+                        format!("private_key = \"{KEY_A}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            Config::parse(&path, &text, None).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+        assert!(seen >= 4, "examples found: {seen}");
     }
 
     #[test]
