@@ -18,6 +18,7 @@ use crate::forwarding::{Routing, RoutingStatus};
 use crate::io::tun::Tun;
 use crate::io::udp::WgSocket;
 use crate::netcfg::{InstalledRoutes, Netlink};
+use crate::node_control::{ControlMode, DaemonParts};
 use crate::uapi;
 use crate::xdp::{AttachPreference, XdpWanIngress};
 
@@ -83,6 +84,19 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         return Err(e.context(format!("{}: routing settings", opts.config.display())));
     }
     let routing = Arc::new(tokio::sync::Mutex::new(routing));
+    let control = cfg.control.clone().map(|c| {
+        ControlMode::new(
+            c,
+            DaemonParts {
+                dev: dev.clone(),
+                routes: routes.clone(),
+                routing: routing.clone(),
+                netlink: netlink.clone(),
+                index,
+                mtu: iface.mtu,
+            },
+        )
+    });
 
     let xdp = Arc::new(Mutex::new(
         attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp, opts.xdp).await,
@@ -112,11 +126,17 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         routes: routes.clone(),
         routing: routing.clone(),
         mtu: iface.mtu,
+        control: control.clone(),
     };
     tasks.spawn(async_ok(crate::api::serve(api_listener, move |req| {
         let api = api.clone();
         async move { api.answer(req).await }
     })));
+
+    if let Some(c) = &control {
+        let c = c.clone();
+        tokio::spawn(async move { c.resume().await });
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -129,6 +149,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             Err(e) => Err(anyhow::anyhow!("data path task failed: {e}")),
         },
     };
+    if let Some(c) = &control {
+        c.shutdown().await;
+    }
     tasks.shutdown().await;
     routing.lock().await.teardown().await;
     if let Err(e) = routes.lock().await.clear().await {
@@ -234,6 +257,7 @@ struct ApiContext {
     routes: Arc<tokio::sync::Mutex<InstalledRoutes>>,
     routing: Arc<tokio::sync::Mutex<Routing>>,
     mtu: u16,
+    control: Option<Arc<ControlMode>>,
 }
 
 impl ApiContext {
@@ -241,8 +265,27 @@ impl ApiContext {
         match req {
             Request::Status => {
                 let routing = self.routing.lock().await.status().clone();
-                Response::Status(Box::new(status(&self.dev, &self.xdp, self.mtu, routing)))
+                let mut st = status(&self.dev, &self.xdp, self.mtu, routing);
+                if let Some(c) = &self.control {
+                    c.annotate(&mut st.peers);
+                    st.control = Some(c.status());
+                }
+                Response::Status(Box::new(st))
             }
+            Request::Up(up) => match &self.control {
+                Some(c) => match c.up(*up).await {
+                    Ok(r) => Response::Up(Box::new(r)),
+                    Err(e) => Response::Error(e),
+                },
+                None => Response::Error(NOT_CONTROL_MODE.into()),
+            },
+            Request::Down => match &self.control {
+                Some(c) => match c.down().await {
+                    Ok(()) => Response::Down,
+                    Err(e) => Response::Error(e),
+                },
+                None => Response::Error(NOT_CONTROL_MODE.into()),
+            },
             Request::Set { change } => {
                 let mut routing = self.routing.lock().await;
                 let prefs = change.applied_to(&routing.status().prefs);
@@ -261,6 +304,9 @@ impl ApiContext {
         }
     }
 }
+
+const NOT_CONTROL_MODE: &str =
+    "the daemon runs with static peers; add a [control] table to its config to use `tailgate up`/`down`";
 
 /// Peers that offer exit-node service, as `tailgate exit-node list` shows them.
 fn exit_nodes(dev: &Device) -> Vec<ExitNode> {
@@ -348,8 +394,13 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus)
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
                 persistent_keepalive: p.persistent_keepalive,
+                name: None,
+                addresses: None,
+                online: None,
+                primary_routes: None,
             })
             .collect(),
+        control: None,
     }
 }
 

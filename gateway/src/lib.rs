@@ -12,6 +12,7 @@ pub mod forwarding;
 pub mod io;
 pub mod nat;
 pub mod netcfg;
+pub mod node_control;
 pub mod prefs;
 pub mod route;
 pub mod uapi;

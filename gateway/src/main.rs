@@ -50,6 +50,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Connect to a coordination server: register with an auth key and start the session
+    /// (the daemon must run in control mode, with a [control] table in its config).
+    Up {
+        /// The server's login URL, tg://HOST:PORT#KEY (default: control.login_server).
+        #[arg(long)]
+        login_server: Option<String>,
+        /// Auth key from `tailgate control authkey create` (not needed once registered).
+        #[arg(long, env = "TAILGATE_AUTH_KEY")]
+        auth_key: Option<String>,
+        /// Hostname to register (the server makes it unique).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Subnet routes to advertise, comma separated (10.0.0.0/16,192.168.1.0/24).
+        #[arg(long, value_delimiter = ',')]
+        advertise_routes: Vec<ipnet::IpNet>,
+        /// Offer exit-node service.
+        #[arg(long)]
+        advertise_exit_node: bool,
+        /// Install the subnet routes other nodes advertise.
+        #[arg(long)]
+        accept_routes: bool,
+        /// HA priority among routers for the same prefix: higher is preferred (default 0).
+        #[arg(long, default_value_t = 0)]
+        route_priority: u32,
+    },
+    /// Disconnect from the coordination server: the session stops and peers are removed
+    /// (the interface stays).
+    Down,
     /// Change routing preferences of the running daemon (subnet routes, SNAT, exit node, …).
     Set(tailgate::cli::routing::SetArgs),
     /// Exit nodes offered by peers.
@@ -104,6 +132,43 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Up {
+            login_server,
+            auth_key,
+            hostname,
+            advertise_routes,
+            advertise_exit_node,
+            accept_routes,
+            route_priority,
+        } => {
+            let req = Request::Up(Box::new(api::UpRequest {
+                login_server,
+                auth_key,
+                hostname,
+                advertise_routes,
+                advertise_exit_node,
+                accept_routes,
+                route_priority,
+            }));
+            match runtime()?.block_on(api::request(&cli.socket, &req))? {
+                Response::Up(r) => {
+                    println!(
+                        "up: {} ({}) on {}",
+                        r.name,
+                        r.addresses.join(", "),
+                        r.login_server
+                    );
+                    Ok(())
+                }
+                Response::Error(e) => Err(anyhow!("{e}")),
+                other => Err(anyhow!("unexpected answer from the daemon: {other:?}")),
+            }
+        }
+        Command::Down => match runtime()?.block_on(api::request(&cli.socket, &Request::Down))? {
+            Response::Down => Ok(()),
+            Response::Error(e) => Err(anyhow!("{e}")),
+            other => Err(anyhow!("unexpected answer from the daemon: {other:?}")),
+        },
         Command::Set(args) => runtime()?.block_on(tailgate::cli::routing::set(&cli.socket, args)),
         Command::ExitNode(cmd) => {
             runtime()?.block_on(tailgate::cli::routing::exit_node(&cli.socket, cmd))

@@ -34,6 +34,48 @@ pub enum Request {
     },
     /// Peers offering exit-node service.
     ExitNodes,
+    /// Register with a coordination server (if an auth key is given) and start the session
+    /// (`tailgate up`; control mode only).
+    Up(Box<UpRequest>),
+    /// Stop the control session and remove the peers it configured (`tailgate down`).
+    Down,
+}
+
+/// `tailgate up` flags.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpRequest {
+    /// The coordination server (`tg://HOST:PORT#KEY`); default: `control.login_server`.
+    #[serde(default)]
+    pub login_server: Option<String>,
+    /// Auth key to register with; not needed while the node's registration is valid.
+    #[serde(default)]
+    pub auth_key: Option<String>,
+    /// Requested hostname; default: `control.hostname`, else the system's.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Subnet routes to advertise.
+    #[serde(default)]
+    pub advertise_routes: Vec<ipnet::IpNet>,
+    /// Offer exit-node service.
+    #[serde(default)]
+    pub advertise_exit_node: bool,
+    /// Install the subnet routes peers advertise.
+    #[serde(default)]
+    pub accept_routes: bool,
+    /// HA priority among routers for the same prefix (higher is preferred).
+    #[serde(default)]
+    pub route_priority: u32,
+}
+
+/// The answer to a successful `tailgate up`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpResult {
+    /// The login server in use.
+    pub login_server: String,
+    /// The unique name the server assigned.
+    pub name: String,
+    /// The node's tailnet addresses.
+    pub addresses: Vec<String>,
 }
 
 /// The daemon's answer.
@@ -46,6 +88,10 @@ pub enum Response {
     Set(Box<RoutingPrefs>),
     /// Exit nodes.
     ExitNodes(Vec<ExitNode>),
+    /// Registered; the session is starting.
+    Up(Box<UpResult>),
+    /// The session is stopped.
+    Down,
     /// The request failed.
     Error(String),
 }

@@ -32,6 +32,26 @@ pub struct Status {
     pub routing: RoutingStatus,
     /// Peers, sorted by public key.
     pub peers: Vec<PeerStatus>,
+    /// The coordination-server session (control mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlStatus>,
+}
+
+/// The node's session with its coordination server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ControlStatus {
+    /// `stopped`, `starting`, `running`, `reconnecting` or `needs-login`.
+    pub state: String,
+    /// The login server, once `tailgate up` ran.
+    pub login_server: Option<String>,
+    /// This node's name in the tailnet.
+    pub name: Option<String>,
+    /// This node's tailnet addresses.
+    pub addresses: Vec<String>,
+    /// The last error (lost session, refused login), if any.
+    pub error: Option<String>,
+    /// Version of the netmap in force.
+    pub netmap_version: Option<u64>,
 }
 
 /// State of the `wan_ingress` XDP program.
@@ -66,6 +86,18 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Persistent keepalive interval (0 = off).
     pub persistent_keepalive: u16,
+    /// The peer's name (control mode, or `name` in the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The peer's tailnet addresses (control mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
+    /// Whether the coordination server sees the peer online (control mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+    /// Approved subnet routes it is primary for (control mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_routes: Option<Vec<String>>,
 }
 
 impl Status {
@@ -141,8 +173,37 @@ impl Status {
             };
             let _ = writeln!(s, "  exit node: {exit}{lan}");
         }
+        if let Some(c) = &self.control {
+            let _ = writeln!(
+                s,
+                "  control: {} ({}){}",
+                c.state,
+                c.login_server.as_deref().unwrap_or("no login server"),
+                c.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            if let Some(n) = &c.name {
+                let _ = writeln!(s, "  name: {n} ({})", c.addresses.join(", "));
+            }
+        }
         for p in &self.peers {
             let _ = writeln!(s, "\npeer: {}", p.public_key);
+            if let Some(n) = &p.name {
+                let online = match p.online {
+                    Some(true) => " (online)",
+                    Some(false) => " (offline)",
+                    None => "",
+                };
+                let _ = writeln!(s, "  name: {n}{online}");
+            }
+            if let Some(a) = &p.addresses {
+                let _ = writeln!(s, "  addresses: {}", a.join(", "));
+            }
+            if let Some(r) = p.primary_routes.as_ref().filter(|r| !r.is_empty()) {
+                let _ = writeln!(s, "  primary routes: {}", r.join(", "));
+            }
             if let Some(e) = p.endpoint {
                 let _ = writeln!(s, "  endpoint: {e}");
             }

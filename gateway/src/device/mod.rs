@@ -235,6 +235,35 @@ impl Device {
         Ok(())
     }
 
+    /// Makes the peer set exactly `peers` (a netmap's peers): peers that vanished are removed,
+    /// the others are added or updated in place, so established sessions survive.
+    pub fn sync_peers(&self, peers: &[PeerConfig]) -> Result<(), UapiError> {
+        let gone: Vec<PeerUpdate> = {
+            let st = self.state();
+            st.peers
+                .keys()
+                .filter(|k| !peers.iter().any(|p| p.public_key == **k))
+                .map(|k| PeerUpdate {
+                    public_key: *k,
+                    remove: true,
+                    update_only: false,
+                    preshared_key: None,
+                    endpoint: None,
+                    persistent_keepalive: None,
+                    replace_allowed_ips: false,
+                    allowed_ips: Vec::new(),
+                })
+                .collect()
+        };
+        if !gone.is_empty() {
+            self.apply(&SetRequest {
+                peers: gone,
+                ..SetRequest::default()
+            })?;
+        }
+        self.add_configured_peers(peers)
+    }
+
     fn apply_peer_requests(&self, peers: &[PeerConfig]) -> Result<(), UapiError> {
         let req = SetRequest {
             peers: peers

@@ -1,0 +1,585 @@
+//! Control mode of the node daemon (`[control]` in the config): `tailgate up` registers with a
+//! coordination server and starts the session; every netmap it streams becomes the device's
+//! peers and routes, exactly as static peers would; `tailgate down` stops it.
+//!
+//! Netmaps are applied in place (peers that vanished are removed, the others updated), so
+//! established tunnels survive. While the server is unreachable the client reconnects with
+//! backoff by itself and the data plane keeps running on the last netmap.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::status::{ControlStatus, PeerStatus};
+use crate::api::{UpRequest, UpResult};
+use crate::config::{ControlConfig, PeerConfig};
+use crate::control::client::{ClientEvent, ClientOptions, ControlClient, ControlHandle};
+use crate::control::login_url::LoginServer;
+use crate::control::node_state::NodeState;
+use crate::control::proto::{Health, Hostinfo, NetMap, TAILNET_V4, TAILNET_V6};
+use crate::device::{lock, Device};
+use crate::forwarding::Routing;
+use crate::netcfg::{InstalledRoutes, Netlink};
+use crate::uapi::SetRequest;
+
+/// How often the reported endpoints are recomputed.
+const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
+/// How often the LAN health probe runs.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Consecutive probe failures before the LAN is reported unhealthy.
+const PROBE_FAILURES: u32 = 2;
+
+/// What control mode needs from the daemon.
+#[derive(Clone)]
+pub struct DaemonParts {
+    /// The device.
+    pub dev: Arc<Device>,
+    /// Kernel routes through the TUN.
+    pub routes: Arc<tokio::sync::Mutex<InstalledRoutes>>,
+    /// Routing preferences and their system state.
+    pub routing: Arc<tokio::sync::Mutex<Routing>>,
+    /// Netlink handle.
+    pub netlink: Netlink,
+    /// TUN interface index.
+    pub index: u32,
+    /// Tunnel MTU.
+    pub mtu: u16,
+}
+
+/// The running session: its event pump, stopped through `stop`.
+struct Session {
+    stop: oneshot::Sender<()>,
+    pump: JoinHandle<()>,
+}
+
+/// What `tailgate status` shows about the session.
+#[derive(Default)]
+struct View {
+    status: ControlStatus,
+    netmap: Option<Arc<NetMap>>,
+}
+
+/// The daemon's control-mode state.
+pub struct ControlMode {
+    cfg: ControlConfig,
+    parts: DaemonParts,
+    session: tokio::sync::Mutex<Option<Session>>,
+    view: Arc<Mutex<View>>,
+}
+
+impl ControlMode {
+    /// Control mode with no session yet.
+    pub fn new(cfg: ControlConfig, parts: DaemonParts) -> Arc<ControlMode> {
+        let view = View {
+            status: ControlStatus {
+                state: "stopped".into(),
+                login_server: cfg.login_server.as_ref().map(ToString::to_string),
+                ..ControlStatus::default()
+            },
+            netmap: None,
+        };
+        Arc::new(ControlMode {
+            cfg,
+            parts,
+            session: tokio::sync::Mutex::new(None),
+            view: Arc::new(Mutex::new(view)),
+        })
+    }
+
+    /// At start-up: if the state dir holds a registration with the configured login server,
+    /// starts the session without an auth key (as after a reboot).
+    pub async fn resume(self: &Arc<Self>) {
+        let Some(server) = &self.cfg.login_server else {
+            return;
+        };
+        let registered = NodeState::load(&self.cfg.state_dir)
+            .ok()
+            .flatten()
+            .is_some_and(|s| {
+                s.registration.is_some()
+                    && s.login_server.as_deref() == Some(&format!("tg://{}", server.address()))
+            });
+        if !registered {
+            return;
+        }
+        let prefs = self.parts.routing.lock().await.status().prefs.clone();
+        let req = UpRequest {
+            advertise_routes: prefs.advertise_routes.clone(),
+            advertise_exit_node: prefs.advertise_exit_node,
+            accept_routes: prefs.accept_routes,
+            ..UpRequest::default()
+        };
+        match self.up(req).await {
+            Ok(r) => log::info!("resumed the control session as {}", r.name),
+            Err(e) => log::warn!("resuming the control session: {e}"),
+        }
+    }
+
+    /// `tailgate up`: registers (with an auth key) and (re)starts the session. Errors are the
+    /// sentences the caller shows verbatim (e.g. "registration refused: auth key already used").
+    pub async fn up(self: &Arc<Self>, req: UpRequest) -> Result<UpResult, String> {
+        let mut session = self.session.lock().await;
+        let login_server: LoginServer = match (&req.login_server, &self.cfg.login_server) {
+            (Some(u), _) => u.parse().map_err(|e| format!("--login-server: {e}"))?,
+            (None, Some(l)) => l.clone(),
+            (None, None) => {
+                return Err(
+                    "no login server: pass --login-server or set control.login_server".into(),
+                )
+            }
+        };
+        let mut prefs = self.parts.routing.lock().await.status().prefs.clone();
+        prefs.advertise_routes = req.advertise_routes.clone();
+        prefs.advertise_exit_node = req.advertise_exit_node;
+        prefs.accept_routes = req.accept_routes;
+        prefs.normalize()?;
+        let hostname = req
+            .hostname
+            .clone()
+            .or_else(|| self.cfg.hostname.clone())
+            .unwrap_or_else(system_hostname);
+        let hostinfo = Hostinfo {
+            hostname,
+            os: "linux".into(),
+            advertised_routes: prefs.advertise_routes.clone(),
+            advertise_exit_node: prefs.advertise_exit_node,
+            route_priority: req.route_priority,
+        };
+        if let Some(old) = session.take() {
+            stop_session(old).await;
+        }
+        let mut opts =
+            ClientOptions::new(login_server.clone(), self.cfg.state_dir.clone(), hostinfo);
+        opts.auth_key = req.auth_key.clone();
+        let mut client = ControlClient::new(opts).map_err(|e| e.to_string())?;
+        if let Some(key) = &req.auth_key {
+            client
+                .register(Some(key))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let reg = client.registration().cloned().ok_or_else(|| {
+            format!("this node is not registered with {login_server}: pass --auth-key")
+        })?;
+        let key = client.node_private_key();
+        if self.parts.dev.state().private_key != key {
+            self.parts
+                .dev
+                .apply(&SetRequest {
+                    private_key: Some(Some(key)),
+                    ..SetRequest::default()
+                })
+                .map_err(|e| format!("switching to the node key: {e}"))?;
+        }
+        let addresses: Vec<IpNet> = vec![
+            IpNet::new(IpAddr::V4(reg.ipv4), 32).map_err(|e| e.to_string())?,
+            IpNet::new(IpAddr::V6(reg.ipv6), 128).map_err(|e| e.to_string())?,
+        ];
+        self.parts
+            .netlink
+            .configure_interface(self.parts.index, self.parts.mtu, &addresses)
+            .await
+            .map_err(|e| format!("configuring the tailnet addresses: {e:#}"))?;
+        {
+            let mut routing = self.parts.routing.lock().await;
+            routing
+                .apply(&self.parts.dev, &self.parts.routes, prefs)
+                .await
+                .map_err(|e| format!("routing settings: {e:#}"))?;
+        }
+        {
+            let mut v = lock(&self.view);
+            v.status = ControlStatus {
+                state: "starting".into(),
+                login_server: Some(login_server.to_string()),
+                name: Some(reg.name.clone()),
+                addresses: addresses.iter().map(|a| a.addr().to_string()).collect(),
+                error: None,
+                netmap_version: None,
+            };
+        }
+        let (handle, events) = client.start();
+        let endpoints = local_endpoints(
+            &login_server,
+            self.parts.dev.state().listen_port,
+            &self.parts.dev.name,
+        );
+        handle.set_endpoints(endpoints);
+        let is_router = self.parts.routing.lock().await.status().prefs.is_router();
+        let health = match (self.cfg.health_probe, is_router) {
+            (Some(target), true) => Some(spawn_probe(target)),
+            _ => None,
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let pump = tokio::spawn(pump(
+            self.clone(),
+            handle,
+            events,
+            health,
+            stop_rx,
+            login_server.clone(),
+        ));
+        *session = Some(Session {
+            stop: stop_tx,
+            pump,
+        });
+        log::info!(
+            "control session with {login_server} started as {} ({})",
+            reg.name,
+            reg.ipv4
+        );
+        Ok(UpResult {
+            login_server: login_server.to_string(),
+            name: reg.name,
+            addresses: addresses.iter().map(|a| a.addr().to_string()).collect(),
+        })
+    }
+
+    /// `tailgate down`: stops the session and removes every peer (the interface stays).
+    pub async fn down(&self) -> Result<(), String> {
+        let mut session = self.session.lock().await;
+        if let Some(s) = session.take() {
+            stop_session(s).await;
+        }
+        self.parts
+            .dev
+            .apply(&SetRequest {
+                replace_peers: true,
+                ..SetRequest::default()
+            })
+            .map_err(|e| e.to_string())?;
+        self.parts
+            .routes
+            .lock()
+            .await
+            .sync(&self.parts.dev.allowed_networks())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let mut v = lock(&self.view);
+        v.status.state = "stopped".into();
+        v.status.error = None;
+        v.netmap = None;
+        Ok(())
+    }
+
+    /// Stops the session (daemon shutdown).
+    pub async fn shutdown(&self) {
+        if let Some(s) = self.session.lock().await.take() {
+            stop_session(s).await;
+        }
+    }
+
+    /// The session's status.
+    pub fn status(&self) -> ControlStatus {
+        lock(&self.view).status.clone()
+    }
+
+    /// Adds names, addresses, online state and primary routes from the netmap to `peers`.
+    pub fn annotate(&self, peers: &mut [PeerStatus]) {
+        let Some(nm) = lock(&self.view).netmap.clone() else {
+            return;
+        };
+        for p in peers.iter_mut() {
+            if let Some(v) = nm
+                .peers
+                .iter()
+                .find(|v| v.node_key.to_base64() == p.public_key)
+            {
+                p.name = Some(v.name.clone());
+                p.addresses = Some(v.addresses.iter().map(|a| a.addr().to_string()).collect());
+                p.online = Some(v.online);
+                p.primary_routes = Some(v.primary_routes().map(|r| r.to_string()).collect());
+            }
+        }
+    }
+
+    /// Applies a netmap: peers (in place), their routes, kernel routes.
+    async fn apply_netmap(&self, nm: &NetMap) {
+        let own = self.parts.dev.state().public_key;
+        let peers: Vec<PeerConfig> = nm
+            .peers
+            .iter()
+            .filter(|p| p.node_key != own)
+            .map(|p| PeerConfig {
+                public_key: p.node_key,
+                preshared_key: None,
+                endpoint: p.endpoints.first().copied(),
+                allowed_ips: p.addresses.iter().map(IpNet::trunc).collect(),
+                persistent_keepalive: None,
+                name: Some(p.name.clone()),
+                routes: p
+                    .primary_routes()
+                    .filter(|r| r.prefix_len() != 0)
+                    .map(|r| r.trunc())
+                    .collect(),
+                exit_node: p.exit_node,
+            })
+            .collect();
+        if let Err(e) = self.parts.dev.sync_peers(&peers) {
+            log::warn!("applying netmap {}: {e}", nm.version);
+        }
+        let prefs = self.parts.routing.lock().await.status().prefs.clone();
+        if let Err(e) = self.parts.dev.set_routing(&prefs) {
+            // E.g. the chosen exit node left the tailnet: keep the rest working.
+            log::warn!("netmap {}: routing preferences: {e}", nm.version);
+            let mut p = prefs;
+            p.exit_node = None;
+            let _ = self.parts.dev.set_routing(&p);
+        }
+        let nets = self.parts.dev.allowed_networks();
+        if let Err(e) = self.parts.routes.lock().await.sync(&nets).await {
+            log::warn!("netmap {}: installing routes: {e:#}", nm.version);
+        }
+        log::info!(
+            "netmap {} applied: {} peer(s), primaries: {}",
+            nm.version,
+            peers.len(),
+            nm.peers
+                .iter()
+                .flat_map(|p| p.primary_routes().map(move |r| format!("{r}→{}", p.name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+async fn stop_session(mut s: Session) {
+    let _ = s.stop.send(());
+    if tokio::time::timeout(Duration::from_secs(5), &mut s.pump)
+        .await
+        .is_err()
+    {
+        log::warn!("control session did not stop within 5 s; aborting it");
+        s.pump.abort();
+    }
+}
+
+/// Relays client events to the device and local state to the client until stopped.
+async fn pump(
+    mode: Arc<ControlMode>,
+    handle: ControlHandle,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
+    mut health: Option<(watch::Receiver<Health>, JoinHandle<()>)>,
+    mut stop: oneshot::Receiver<()>,
+    login_server: LoginServer,
+) {
+    let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
+    refresh.tick().await;
+    loop {
+        let health_changed = async {
+            match &mut health {
+                Some((rx, _)) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                mode.on_event(ev).await;
+            }
+            ok = health_changed => {
+                match (&mut health, ok) {
+                    (Some((rx, _)), true) => {
+                        let h = rx.borrow_and_update().clone();
+                        handle.set_health(h);
+                    }
+                    _ => health = None,
+                }
+            }
+            _ = refresh.tick() => {
+                let st = mode.parts.dev.state().listen_port;
+                handle.set_endpoints(local_endpoints(&login_server, st, &mode.parts.dev.name));
+            }
+        }
+    }
+    if let Some((_, task)) = health {
+        task.abort();
+    }
+    handle.shutdown().await;
+}
+
+impl ControlMode {
+    async fn on_event(&self, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Connected => {
+                let mut v = lock(&self.view);
+                v.status.state = "running".into();
+                v.status.error = None;
+            }
+            ClientEvent::NetMap(nm) => {
+                self.apply_netmap(&nm).await;
+                let mut v = lock(&self.view);
+                v.status.netmap_version = Some(nm.version);
+                v.netmap = Some(nm);
+            }
+            ClientEvent::Registered(reg) => {
+                let mut v = lock(&self.view);
+                v.status.name = Some(reg.name);
+            }
+            ClientEvent::Disconnected { error, retry_in } => {
+                log::info!("control session lost ({error}); retrying in {retry_in:?}");
+                let mut v = lock(&self.view);
+                v.status.state = "reconnecting".into();
+                v.status.error = Some(error);
+            }
+            ClientEvent::NeedsLogin(why) => {
+                log::warn!("control session stopped: {why}; run `tailgate up --auth-key …`");
+                let mut v = lock(&self.view);
+                v.status.state = "needs-login".into();
+                v.status.error = Some(why);
+            }
+        }
+    }
+}
+
+/// Pings `target` every [`PROBE_INTERVAL`]; the receiver holds the LAN health.
+fn spawn_probe(target: IpAddr) -> (watch::Receiver<Health>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Health::default());
+    let task = tokio::spawn(async move {
+        let mut failures = 0u32;
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let t = target.to_string();
+            let ok = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("ping")
+                    .args(["-n", "-q", "-c", "1", "-W", "1", &t])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .await
+            .unwrap_or(false);
+            failures = if ok { 0 } else { failures.saturating_add(1) };
+            let health = if failures >= PROBE_FAILURES {
+                Health {
+                    lan_ok: false,
+                    detail: Some(format!("ping {target}: no answer")),
+                }
+            } else {
+                Health::default()
+            };
+            tx.send_if_modified(|h| {
+                let changed = *h != health;
+                if changed {
+                    log::info!("LAN health probe of {target}: ok = {}", health.lan_ok);
+                }
+                *h = health;
+                changed
+            });
+        }
+    });
+    (rx, task)
+}
+
+/// The node's underlay endpoints: the address toward the login server first, then every other
+/// global address of an interface that is not the tunnel, each with the listen port.
+fn local_endpoints(server: &LoginServer, port: u16, tun: &str) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    if let Some(ip) = address_toward(server) {
+        out.push(SocketAddr::new(ip, port));
+    }
+    for ip in interface_addresses(tun) {
+        let ep = SocketAddr::new(ip, port);
+        if !out.contains(&ep) {
+            out.push(ep);
+        }
+    }
+    out.truncate(crate::control::proto::MAX_ENDPOINTS);
+    out
+}
+
+fn usable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || TAILNET_V4.contains(&v4))
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || TAILNET_V6.contains(&v6))
+        }
+    }
+}
+
+/// The local address the kernel uses toward the login server (no packet is sent).
+fn address_toward(server: &LoginServer) -> Option<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let dst = server.address().to_socket_addrs().ok()?.next()?;
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = UdpSocket::bind(bind).ok()?;
+    s.connect(dst).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    usable(ip).then_some(ip)
+}
+
+/// Global addresses of the interfaces other than `tun`, IPv4 first.
+fn interface_addresses(tun: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() == tun.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+        let ip = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        };
+        if let Some(ip) = ip.filter(|ip| usable(*ip)) {
+            out.push(ip);
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort_by_key(|ip| ip.is_ipv6());
+    out
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
