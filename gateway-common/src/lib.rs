@@ -6,6 +6,8 @@
 //! padding, and keeps multi-byte protocol fields as byte arrays in network byte order so that
 //! both sides agree on the layout regardless of host endianness.
 
+pub mod forward;
 pub mod wan;
 
+pub use forward::{LanCounter, TunCounter};
 pub use wan::{classify_wg_payload, WanConfig, WanCounter};

@@ -3,7 +3,10 @@
 #![no_std]
 #![no_main]
 
+mod fwd;
 mod helpers;
+mod lan_return;
+mod tun_forward;
 mod wan_ingress;
 
 /// Kernel-visible license of the programs in this object. "Dual MIT/GPL" is GPL-compatible, so

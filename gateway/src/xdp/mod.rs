@@ -10,6 +10,8 @@
 //!   ([`WanCounters`]).
 
 mod counters;
+mod forward;
+mod forward_counters;
 mod wan_ingress;
 
 use std::error::Error as StdError;
@@ -19,7 +21,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use counters::WanCounters;
+pub use forward::{
+    action as xdp_action, prog_test_run_xdp, ExpireStats, ForwardConn, ForwardError,
+    ForwardOptions, ForwardProgram, ForwardRoute, LanInterface, TestRun, XdpForward,
+};
+pub use forward_counters::{ForwardCounters, LanReturnCounters, TunForwardCounters};
 pub use gateway_common::WanCounter;
+pub use gateway_common::{LanCounter, TunCounter};
 pub use wan_ingress::{WanIngressOptions, XdpWanIngress};
 
 /// Message used when the binary does not carry the eBPF object.
