@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv6Net;
 
+use crate::device::datapath::destination;
 use crate::nat::translate::{self, Addressing, FlowTuple};
 use crate::nat::via6::{self, SiteId};
 use crate::prefs::ViaSite;
@@ -66,7 +67,7 @@ impl ViaTranslator {
         client_v4: Option<Ipv4Addr>,
         out: &mut Vec<u8>,
     ) -> Result<bool, String> {
-        let Some(dst) = ipv6_destination(pkt) else {
+        let Some(IpAddr::V6(dst)) = destination(pkt) else {
             return Ok(false);
         };
         let Some((_, site)) = self.prefixes.iter().find(|(p, _)| p.contains(&dst)) else {
@@ -143,14 +144,6 @@ impl ViaTranslator {
     pub fn flow_count(&self) -> usize {
         self.flows().len()
     }
-}
-
-fn ipv6_destination(pkt: &[u8]) -> Option<Ipv6Addr> {
-    if pkt.len() < 40 || pkt[0] >> 4 != 6 {
-        return None;
-    }
-    let b: [u8; 16] = pkt[24..40].try_into().ok()?;
-    Some(Ipv6Addr::from(b))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteMessage, RouteType};
 use rtnetlink::Handle;
 
@@ -33,17 +33,22 @@ impl Netlink {
 
     /// The index of interface `name`.
     pub async fn link_index(&self, name: &str) -> Result<u32> {
+        Ok(self.link_by_name(name).await?.header.index)
+    }
+
+    /// The link message of interface `name`.
+    async fn link_by_name(&self, name: &str) -> Result<LinkMessage> {
         let mut links = self
             .handle
             .link()
             .get()
             .match_name(name.to_string())
             .execute();
-        match links.try_next().await {
-            Ok(Some(link)) => Ok(link.header.index),
-            Ok(None) => Err(anyhow!("no interface named {name}")),
-            Err(e) => Err(anyhow!("looking up interface {name}: {e}")),
-        }
+        links
+            .try_next()
+            .await
+            .map_err(|e| anyhow!("looking up interface {name}: {e}"))?
+            .ok_or_else(|| anyhow!("no interface named {name}"))
     }
 
     /// The name of the interface with `index`.
@@ -54,29 +59,13 @@ impl Netlink {
             .await
             .with_context(|| format!("looking up interface {index}"))?
             .ok_or_else(|| anyhow!("no interface with index {index}"))?;
-        link.attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-            .ok_or_else(|| anyhow!("interface {index} has no name"))
+        if_name(&link).ok_or_else(|| anyhow!("interface {index} has no name"))
     }
 
     /// Whether interface `name` is a veth (container and lab links).
     pub async fn is_veth(&self, name: &str) -> Result<bool> {
         use netlink_packet_route::link::{InfoKind, LinkInfo};
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        let link = links
-            .try_next()
-            .await
-            .with_context(|| format!("looking up interface {name}"))?
-            .ok_or_else(|| anyhow!("no interface named {name}"))?;
+        let link = self.link_by_name(name).await?;
         Ok(link.attributes.iter().any(|a| {
             matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
         }))
@@ -211,16 +200,19 @@ impl Netlink {
             use netlink_packet_route::link::LinkFlag;
             let flags = &link.header.flags;
             if flags.contains(&LinkFlag::Up) && !flags.contains(&LinkFlag::Loopback) {
-                if let Some(n) = link.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                }) {
-                    names.push(n);
-                }
+                names.extend(if_name(&link));
             }
         }
         Ok(names)
     }
+}
+
+/// The name attribute of a link message.
+fn if_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
 }
 
 fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
