@@ -14,13 +14,13 @@ use crate::api::unix_socket::BoundSocket;
 use crate::api::{ExitNode, Request, Response, Status};
 use crate::config::{Config, XdpMode};
 use crate::device::{datapath, lock, Device};
-use crate::forwarding::{Routing, RoutingStatus};
+use crate::forwarding::{FastPath, Routing, RoutingStatus};
 use crate::io::tun::Tun;
 use crate::io::udp::WgSocket;
 use crate::netcfg::{InstalledRoutes, Netlink};
 use crate::node_control::{ControlMode, DaemonParts};
 use crate::uapi;
-use crate::xdp::{AttachPreference, XdpWanIngress};
+use crate::xdp::{AttachPreference, XdpForward, XdpWanIngress};
 
 /// Options of `tailgate daemon` beyond the config file.
 #[derive(Debug, Clone)]
@@ -78,7 +78,10 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         index,
     )));
     routes.lock().await.sync(&dev.allowed_networks()).await?;
-    let mut routing = Routing::new(&iface.name, index, netlink.clone());
+    let xdp = attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp, opts.xdp).await;
+    let fast = fast_path(&cfg, &opts, &netlink, xdp.interface.clone());
+    let xdp = Arc::new(Mutex::new(xdp));
+    let mut routing = Routing::new(&iface.name, index, netlink.clone(), fast);
     if let Err(e) = routing.apply(&dev, &routes, cfg.routing.clone()).await {
         routing.teardown().await;
         return Err(e.context(format!("{}: routing settings", opts.config.display())));
@@ -98,9 +101,6 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         )
     });
 
-    let xdp = Arc::new(Mutex::new(
-        attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp, opts.xdp).await,
-    ));
     let (_uapi_file, uapi_listener) = BoundSocket::bind(&uapi::server::socket_path(&iface.name))?;
     let (_api_file, api_listener) = BoundSocket::bind(&opts.socket)?;
     log::info!(
@@ -115,6 +115,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     tasks.spawn(named("tun reader", datapath::tun_to_udp(dev.clone())));
     tasks.spawn(named("udp reader", datapath::udp_to_tun(dev.clone())));
     tasks.spawn(async_ok(datapath::timers(dev.clone())));
+    tasks.spawn(async_ok(refresh_routing(routing.clone(), dev.clone())));
     tasks.spawn(async_ok(uapi::server::serve(
         uapi_listener,
         dev.clone(),
@@ -172,6 +173,46 @@ async fn named(
 async fn async_ok(f: impl std::future::Future<Output = ()>) -> Result<()> {
     f.await;
     Ok(())
+}
+
+/// How often LAN interfaces are re-resolved and idle fast-path connections freed.
+const ROUTING_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn refresh_routing(routing: Arc<tokio::sync::Mutex<Routing>>, dev: Arc<Device>) {
+    let mut tick = tokio::time::interval(ROUTING_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        routing.lock().await.refresh(&dev).await;
+    }
+}
+
+/// The XDP forwarding fast path, off (with the reason) under the same switches as
+/// `wan_ingress` or when the programs cannot be loaded here.
+fn fast_path(
+    cfg: &Config,
+    opts: &DaemonOptions,
+    netlink: &Netlink,
+    wan: Option<String>,
+) -> FastPath {
+    let mode = opts.xdp.unwrap_or(cfg.interface.xdp);
+    let off = if opts.no_xdp {
+        Some("--no-xdp given".to_string())
+    } else if mode == XdpMode::Off {
+        Some("XDP mode \"off\" (config or --xdp)".to_string())
+    } else if !cfg.routing.is_router() {
+        None // loaded on demand, when `tailgate set` makes this node a router
+    } else {
+        XdpForward::probe()
+            .err()
+            .map(|e| format!("cannot load the programs: {e}"))
+    };
+    let pref = match mode {
+        XdpMode::Native => AttachPreference::Native,
+        XdpMode::Generic => AttachPreference::Generic,
+        XdpMode::Auto | XdpMode::Off => AttachPreference::Auto,
+    };
+    FastPath::new(&cfg.interface.name, netlink.clone(), wan, off, pref)
 }
 
 /// Attaches `wan_ingress` where the tunnel's UDP traffic arrives, or explains why not.
@@ -264,7 +305,7 @@ impl ApiContext {
     async fn answer(&self, req: Request) -> Response {
         match req {
             Request::Status => {
-                let routing = self.routing.lock().await.status().clone();
+                let routing = self.routing.lock().await.report();
                 let mut st = status(&self.dev, &self.xdp, self.mtu, routing);
                 if let Some(c) = &self.control {
                     c.annotate(&mut st.peers);

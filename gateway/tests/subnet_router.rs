@@ -1,13 +1,15 @@
-//! Subnet routers, 4via6 and exit nodes over real tunnels in network namespaces (the
-//! fallback forwarding path: kernel forwarding + nftables masquerade, 4via6 in userspace).
-//! Needs root; every namespace, link, rule and process is removed on drop.
+//! Subnet routers, 4via6 and exit nodes over real tunnels in network namespaces. Every test
+//! runs twice: with the XDP fast path (`::xdp`, whose counters must show that XDP forwarded)
+//! and with the fallback path (`::kernel`: `--no-xdp`, kernel forwarding + nftables
+//! masquerade, 4via6 in userspace). Needs root; every namespace, link, rule and process is
+//! removed on drop.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use tailgate_bench::lab::node::{peer_spec, PeerSpec, LISTEN_PORT};
+use tailgate_bench::lab::node::{peer_spec, Node, PeerSpec, LISTEN_PORT};
 use tailgate_bench::lab::{self, Keypair, Kind, Lab, Netns};
 
 const TAILGATE: &str = env!("CARGO_BIN_EXE_tailgate");
@@ -18,6 +20,97 @@ fn require_root() {
         lab::is_root(),
         "network-namespace tests need root (run `cargo xtask test` as root)"
     );
+}
+
+/// Which forwarding path the routers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Xdp,
+    Kernel,
+}
+
+impl Path {
+    /// How to start a router on this path.
+    fn router(self) -> Kind {
+        Kind::Tailgate {
+            bin: TAILGATE.into(),
+            args: match self {
+                Path::Xdp => Vec::new(),
+                Path::Kernel => vec!["--no-xdp".into()],
+            },
+        }
+    }
+}
+
+/// Runs a test body once per forwarding path.
+macro_rules! on_both_paths {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn xdp() {
+                super::$name(super::Path::Xdp)
+            }
+            #[test]
+            fn kernel() {
+                super::$name(super::Path::Kernel)
+            }
+        }
+    };
+}
+
+fn status_json(node: &Node) -> serde_json::Value {
+    let out = node.tailgate_status(true).expect("tailgate status --json");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// Waits until `router` serves `route` on `path` (the fast path picks up LAN interfaces that
+/// appear after start-up within a few seconds).
+fn wait_for_path(router: &Node, path: Path, route: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status_json(router);
+        let fast = &st["routing"]["fast_path"];
+        let ready = match path {
+            Path::Xdp => fast["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x == route)),
+            Path::Kernel => {
+                assert_eq!(fast["active"], false, "{st:#}");
+                st["routing"]["forwarding_path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("off (--no-xdp given)"))
+            }
+        };
+        if ready {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{route} not on the {path:?} path: {st:#}\n{}",
+            router.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// On the XDP path, the router's counters must show packets forwarded to the LAN and, for
+/// NATed flows (`snat`), replies returned by XDP (replies of flows XDP did not NAT are
+/// ordinary routed packets the kernel forwards).
+fn assert_forwarded_by(router: &Node, path: Path, snat: bool) {
+    let st = status_json(router);
+    let c = &st["routing"]["fast_path"]["counters"];
+    let n = |side: &str, key: &str| c[side][key].as_u64().unwrap_or(0);
+    match path {
+        Path::Xdp => {
+            let out = n("tun", "forwarded_v4") + n("tun", "forwarded_via6");
+            let back = n("lan", "returned_v4") + n("lan", "returned_via6");
+            assert!(
+                out > 0 && (back > 0 || !snat),
+                "XDP did not forward: {st:#}"
+            );
+        }
+        Path::Kernel => assert!(c.is_null(), "{st:#}"),
+    }
 }
 
 fn endpoint(index: u8) -> SocketAddr {
@@ -107,11 +200,11 @@ fn ping(ns: &Netns, dst: &str) -> Result<String> {
 
 /// A client (node 1, accepts routes) and a subnet router (node 2) for 192.168.50.0/24 with
 /// a LAN host 192.168.50.5.
-fn router_lab(snat: bool) -> Result<Lab> {
+fn router_lab(path: Path, snat: bool) -> Result<Lab> {
     let mut lab = Lab::new()?;
     let (kc, kr) = (Keypair::generate()?, Keypair::generate()?);
     lab.start_with(
-        Kind::tailgate(TAILGATE),
+        path.router(),
         2,
         kr.clone(),
         &[peer_with(&kc, 1, false, "")],
@@ -130,13 +223,14 @@ fn router_lab(snat: bool) -> Result<Lab> {
         )],
         "accept_routes = true\n",
     )?;
+    wait_for_path(&lab.nodes[0], path, "192.168.50.0/24");
     Ok(lab)
 }
 
-#[test]
-fn subnet_router_snat_on_lan_sees_router_address() {
+on_both_paths!(subnet_router_snat_on_lan_sees_router_address);
+fn subnet_router_snat_on_lan_sees_router_address(path: Path) {
     require_root();
-    let lab = router_lab(true).expect("lab");
+    let lab = router_lab(path, true).expect("lab");
     let client = &lab.nodes[1].host.ns;
     ping(client, "192.168.50.5").unwrap_or_else(|e| panic!("{e:#}\n{}", lab.nodes[0].log()));
     let server = whoami_server(&lab.lan_hosts[0], "lan", 7000).unwrap();
@@ -150,12 +244,13 @@ fn subnet_router_snat_on_lan_sees_router_address() {
         "{status}"
     );
     assert!(status.contains("subnet SNAT: on"), "{status}");
+    assert_forwarded_by(&lab.nodes[0], path, true);
 }
 
-#[test]
-fn subnet_router_snat_off_keeps_tailnet_source() {
+on_both_paths!(subnet_router_snat_off_keeps_tailnet_source);
+fn subnet_router_snat_off_keeps_tailnet_source(path: Path) {
     require_root();
-    let lab = router_lab(false).expect("lab");
+    let lab = router_lab(path, false).expect("lab");
     // Without SNAT the LAN needs a route back to the tailnet: through the router.
     lab.lan_hosts[0]
         .ip(&["route", "add", "100.64.0.0/10", "via", "192.168.50.1"])
@@ -167,12 +262,13 @@ fn subnet_router_snat_off_keeps_tailnet_source() {
     server.join().unwrap().unwrap();
     assert_eq!(tcp, "lan 100.64.0.1");
     assert_eq!(udp, "lan 100.64.0.1");
+    assert_forwarded_by(&lab.nodes[0], path, false);
 }
 
-#[test]
-fn tailgate_set_changes_snat_at_runtime() {
+on_both_paths!(tailgate_set_changes_snat_at_runtime);
+fn tailgate_set_changes_snat_at_runtime(path: Path) {
     require_root();
-    let lab = router_lab(true).expect("lab");
+    let lab = router_lab(path, true).expect("lab");
     lab.lan_hosts[0]
         .ip(&["route", "add", "100.64.0.0/10", "via", "192.168.50.1"])
         .unwrap();
@@ -188,6 +284,7 @@ fn tailgate_set_changes_snat_at_runtime() {
     let (tcp, _) = ask_whoami(&lab.nodes[1].host.ns, "192.168.50.5:7002".parse().unwrap()).unwrap();
     server.join().unwrap().unwrap();
     assert_eq!(tcp, "lan 100.64.0.1");
+    assert_forwarded_by(&lab.nodes[0], path, false);
     // A bad exit node is refused with a clear error and changes nothing.
     let out = std::process::Command::new(TAILGATE)
         .arg("--socket")
@@ -199,10 +296,10 @@ fn tailgate_set_changes_snat_at_runtime() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no peer named or addressed \"nobody\""));
 }
 
+on_both_paths!(four_via_six_reaches_overlapping_sites);
 /// Two sites both using 10.1.1.0/24 behind routers for site 7 and site 8; the client reaches
 /// each site's 10.1.1.5 through its 4via6 address.
-#[test]
-fn four_via_six_reaches_overlapping_sites() {
+fn four_via_six_reaches_overlapping_sites(path: Path) {
     require_root();
     let mut lab = Lab::new().unwrap();
     let (kc, k7, k8) = (
@@ -213,7 +310,7 @@ fn four_via_six_reaches_overlapping_sites() {
     for (keys, index, site) in [(&k7, 2u8, 7u16), (&k8, 3, 8)] {
         let i = lab
             .start_with(
-                Kind::tailgate(TAILGATE),
+                path.router(),
                 index,
                 keys.clone(),
                 &[peer_with(&kc, 1, false, "")],
@@ -235,6 +332,13 @@ fn four_via_six_reaches_overlapping_sites() {
         "accept_routes = true\n",
     )
     .unwrap();
+    for (router, site) in [(0, 7u16), (1, 8)] {
+        wait_for_path(
+            &lab.nodes[router],
+            path,
+            &format!("fd7a:115c:a1e0:b1a:0:{site:x}:a01:100/120"),
+        );
+    }
     let client = &lab.nodes[2].host.ns;
     for (site, lan, name) in [(7, 0, "site7"), (8, 1, "site8")] {
         let via = format!("fd7a:115c:a1e0:b1a:0:{site:x}:a01:105");
@@ -245,13 +349,14 @@ fn four_via_six_reaches_overlapping_sites() {
         // The site's host answers, seeing its router's LAN address (4via6 always SNATs).
         assert_eq!(tcp, format!("{name} 10.1.1.1"));
         assert_eq!(udp, format!("{name} 10.1.1.1"));
+        assert_forwarded_by(&lab.nodes[lan], path, true);
     }
 }
 
+on_both_paths!(longest_prefix_wins_across_routers);
 /// The seed's example: router A advertises 10.0.0.0/16, router B 10.0.1.0/24; 10.0.1.5 goes
 /// via B and 10.0.2.5 via A.
-#[test]
-fn longest_prefix_wins_across_routers() {
+fn longest_prefix_wins_across_routers(path: Path) {
     require_root();
     let mut lab = Lab::new().unwrap();
     let (kc, ka, kb) = (
@@ -261,7 +366,7 @@ fn longest_prefix_wins_across_routers() {
     );
     let a = lab
         .start_with(
-            Kind::tailgate(TAILGATE),
+            path.router(),
             2,
             ka.clone(),
             &[peer_with(&kc, 1, false, "")],
@@ -272,7 +377,7 @@ fn longest_prefix_wins_across_routers() {
         .unwrap();
     let b = lab
         .start_with(
-            Kind::tailgate(TAILGATE),
+            path.router(),
             3,
             kb.clone(),
             &[peer_with(&kc, 1, false, "")],
@@ -292,6 +397,8 @@ fn longest_prefix_wins_across_routers() {
         "accept_routes = true\n",
     )
     .unwrap();
+    wait_for_path(&lab.nodes[a], path, "10.0.0.0/16");
+    wait_for_path(&lab.nodes[b], path, "10.0.1.0/24");
     let client = &lab.nodes[2].host.ns;
     for (dst, lan, name, router_lan) in [
         ("10.0.1.5", 1, "b", "10.0.1.1"),
@@ -305,19 +412,20 @@ fn longest_prefix_wins_across_routers() {
             format!("{name} {router_lan}"),
             "{dst} must go via router {name}"
         );
+        assert_forwarded_by(&lab.nodes[lan], path, true);
     }
 }
 
+on_both_paths!(exit_node_carries_internet_traffic_and_lan_access_is_optional);
 /// An exit node with an "internet" host behind it; the client's own LAN stays direct only
 /// with `exit_node_allow_lan_access`.
-#[test]
-fn exit_node_carries_internet_traffic_and_lan_access_is_optional() {
+fn exit_node_carries_internet_traffic_and_lan_access_is_optional(path: Path) {
     require_root();
     let mut lab = Lab::new().unwrap();
     let (kc, ke) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
     let e = lab
         .start_with(
-            Kind::tailgate(TAILGATE),
+            path.router(),
             2,
             ke.clone(),
             &[peer_with(&kc, 1, false, "")],

@@ -161,6 +161,22 @@ impl Status {
                 "  subnet SNAT: {snat}; forwarding: {}",
                 r.forwarding_path
             );
+            let f = &r.fast_path;
+            if let Some(c) = &f.counters {
+                let n = |side: &str, key: &str| c[side][key].as_u64().unwrap_or(0);
+                let _ = writeln!(
+                    s,
+                    "  XDP forwarded: {} IPv4 + {} 4via6 to the LAN, {} + {} replies back; {} connection(s)",
+                    n("tun", "forwarded_v4"),
+                    n("tun", "forwarded_via6"),
+                    n("lan", "returned_v4"),
+                    n("lan", "returned_via6"),
+                    f.connections
+                );
+            }
+            for k in &f.kernel_routes {
+                let _ = writeln!(s, "  kernel path: {k}");
+            }
         }
         if r.prefs.accept_routes {
             let _ = writeln!(s, "  accepting subnet routes from peers");

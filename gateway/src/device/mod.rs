@@ -69,8 +69,10 @@ pub struct DeviceState {
     pub by_id: HashMap<u32, Arc<Peer>>,
     /// What this node accepts from peers: subnet routes, an exit node.
     pub client: ClientRouting,
-    /// 4via6 translation for the sites this node advertises.
+    /// 4via6 translation in userspace for the sites this node advertises.
     pub via: Option<Arc<crate::forwarding::ViaTranslator>>,
+    /// 4via6 prefixes the XDP fast path translates (written to the TUN one by one).
+    pub via_xdp: Option<Arc<crate::forwarding::ViaPassthrough>>,
     /// Longest-prefix match over all allowed IPs.
     pub routes: PrefixTable<Arc<Peer>>,
     next_id: u32,
@@ -90,6 +92,7 @@ impl DeviceState {
             routes: PrefixTable::new(),
             client: ClientRouting::default(),
             via: None,
+            via_xdp: None,
             next_id: 1,
         }
     }
@@ -354,8 +357,8 @@ impl Device {
         nets
     }
 
-    /// Applies the client half of `prefs` (accepted routes, exit node) and the 4via6 sites;
-    /// the daemon does the rest (routes, NAT, policy routing).
+    /// Applies the client half of `prefs` (accepted routes, exit node); the daemon does the
+    /// rest (routes, NAT, policy routing, 4via6 with [`Device::set_via`]).
     pub fn set_routing(&self, prefs: &RoutingPrefs) -> Result<(), String> {
         let mut st = self.state_mut();
         let exit_peer = match &prefs.exit_node {
@@ -366,9 +369,17 @@ impl Device {
             accept_routes: prefs.accept_routes,
             exit_peer,
         };
-        st.via = crate::forwarding::ViaTranslator::new(&prefs.via).map(Arc::new);
         st.rebuild_routes();
         Ok(())
+    }
+
+    /// Sets up 4via6 for the advertised `sites`: the prefixes in `xdp` are translated by the
+    /// XDP fast path (passed through untouched and never coalesced), the rest in userspace.
+    pub fn set_via(&self, sites: &[crate::prefs::ViaSite], xdp: &[ipnet::Ipv6Net]) {
+        use crate::forwarding::{ViaPassthrough, ViaTranslator};
+        let mut st = self.state_mut();
+        st.via = ViaTranslator::new_except(sites, xdp).map(Arc::new);
+        st.via_xdp = ViaPassthrough::new(xdp).map(Arc::new);
     }
 
     /// What `wg show` needs.

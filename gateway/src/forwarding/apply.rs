@@ -1,6 +1,6 @@
 //! Bringing the system in line with the routing preferences: routes through the TUN, IP
-//! forwarding and NAT for a router, policy routing for an exit-node client — at start-up and
-//! on every `tailgate set`, and undone on shutdown.
+//! forwarding, the XDP fast path and NAT for a router, policy routing for an exit-node client
+//! — at start-up, on every `tailgate set`, and undone on shutdown.
 
 use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use crate::netcfg::policy::{connected_networks, ExitRouting, BYPASS_MARK};
 use crate::netcfg::{InstalledRoutes, Netlink};
 use crate::prefs::RoutingPrefs;
 
-use super::{nft, sysctl};
+use super::{nft, sysctl, FastPath};
 
 /// A change requested by `tailgate set`: only the given fields change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,6 +70,9 @@ pub struct RoutingStatus {
     pub nat_rules: Vec<String>,
     /// Which path forwards subnet traffic and why.
     pub forwarding_path: String,
+    /// The XDP fast path in detail.
+    #[serde(default)]
+    pub fast_path: super::FastPathStatus,
     /// Whether exit-node policy routing is active.
     pub exit_routing: bool,
 }
@@ -81,23 +84,60 @@ pub struct Routing {
     exit: ExitRouting,
     status: RoutingStatus,
     nft_installed: bool,
+    fast: FastPath,
 }
 
 impl Routing {
-    /// Nothing applied yet for TUN `ifname` (index `index`).
-    pub fn new(ifname: &str, index: u32, netlink: Netlink) -> Routing {
+    /// Nothing applied yet for TUN `ifname` (index `index`); `fast` forwards what it can.
+    pub fn new(ifname: &str, index: u32, netlink: Netlink, fast: FastPath) -> Routing {
         Routing {
             ifname: ifname.to_string(),
             exit: ExitRouting::new(netlink.clone(), index),
             netlink,
             status: RoutingStatus::default(),
             nft_installed: false,
+            fast,
         }
     }
 
-    /// What is in force.
+    /// What is in force (the fast path as of the last change; see [`Routing::report`]).
     pub fn status(&self) -> &RoutingStatus {
         &self.status
+    }
+
+    /// What is in force, with the fast path's current counters.
+    pub fn report(&self) -> RoutingStatus {
+        RoutingStatus {
+            fast_path: self.fast.status(),
+            ..self.status.clone()
+        }
+    }
+
+    /// Picks up LAN interfaces that appeared or changed, frees idle fast-path connections,
+    /// and moves 4via6 sites between XDP and userspace accordingly; call every few seconds.
+    pub async fn refresh(&mut self, dev: &Device) {
+        let prefs = self.status.prefs.clone();
+        if !prefs.is_router() {
+            return;
+        }
+        let before = self.fast.served_via();
+        self.fast.refresh(&prefs).await;
+        let served = self.fast.served_via();
+        if served != before {
+            dev.set_via(&prefs.via, &served);
+        }
+        self.status.forwarding_path = self.describe_path(&prefs);
+        self.status.fast_path = self.fast.status();
+    }
+
+    fn describe_path(&self, prefs: &RoutingPrefs) -> String {
+        if !prefs.is_router() {
+            return "not a router".into();
+        }
+        format!(
+            "{}; everything else: kernel forwarding + nftables masquerade, 4via6 in userspace",
+            self.fast.summary()
+        )
     }
 
     /// Applies `prefs`: device routing (accepted routes, exit node, 4via6), TUN routes,
@@ -133,6 +173,11 @@ impl Routing {
             Vec::new()
         };
 
+        if prefs.is_router() || self.fast.status().active {
+            self.fast.apply(&prefs).await;
+        }
+        dev.set_via(&prefs.via, &self.fast.served_via());
+
         let exit_active = dev.state().client.exit_peer.is_some();
         if exit_active {
             let exclusions = if prefs.exit_node_allow_lan_access {
@@ -152,12 +197,9 @@ impl Routing {
             dev.socket.set_fwmark(0)?;
         }
 
-        let forwarding_path = if prefs.is_router() {
-            "kernel forwarding + nftables masquerade, 4via6 translated in userspace".to_string()
-        } else {
-            "not a router".to_string()
-        };
+        let forwarding_path = self.describe_path(&prefs);
         self.status = RoutingStatus {
+            fast_path: self.fast.status(),
             advertised: prefs.advertised().iter().map(ToString::to_string).collect(),
             prefs,
             forwarding_enabled,
@@ -172,8 +214,10 @@ impl Routing {
         self.exit.index()
     }
 
-    /// Removes the NAT table and the exit routing (routes go with the TUN device).
+    /// Removes the NAT table, the XDP programs and the exit routing (routes go with the TUN
+    /// device).
     pub async fn teardown(&mut self) {
+        self.fast.shutdown();
         if let Err(e) = self.exit.clear().await {
             log::warn!("removing exit routing: {e:#}");
         }

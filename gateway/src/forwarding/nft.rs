@@ -1,5 +1,7 @@
 //! The nftables fallback path: masquerade of tailnet sources leaving through other interfaces,
-//! in a table of our own that is replaced atomically and deleted on shutdown.
+//! in a table of our own that is replaced atomically and deleted on shutdown. Packets the XDP
+//! fast path has NATed already carry the router's LAN address, so these rules never touch
+//! them; TCP/UDP ports stay below the fast path's range.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -22,6 +24,19 @@ pub fn table_name(ifname: &str) -> String {
     )
 }
 
+/// Ports (and ICMP echo IDs) the kernel's masquerade may use: below the XDP fast path's SNAT
+/// range (61000–65535), so the two never hand out the same source port on a LAN address.
+pub const MASQUERADE_PORTS: &str = "1024-60999";
+
+/// The masquerade rules for packets matching `cond`: TCP and UDP with their ports kept clear
+/// of the XDP range, then everything else (NAT statements end the chain walk).
+fn masquerade(cond: String) -> [String; 2] {
+    [
+        format!("{cond} meta l4proto {{ tcp, udp }} masquerade to :{MASQUERADE_PORTS}"),
+        format!("{cond} masquerade"),
+    ]
+}
+
 fn set_of(nets: &[String]) -> String {
     format!("{{ {} }}", nets.join(", "))
 }
@@ -36,8 +51,8 @@ pub fn ruleset(ifname: &str, prefs: &RoutingPrefs) -> Vec<String> {
         return rules;
     }
     if prefs.snat_subnet_routes {
-        rules.push(format!("{out} ip saddr {TAILNET_V4} masquerade"));
-        rules.push(format!("{out} ip6 saddr {TAILNET_V6} masquerade"));
+        rules.extend(masquerade(format!("{out} ip saddr {TAILNET_V4}")));
+        rules.extend(masquerade(format!("{out} ip6 saddr {TAILNET_V6}")));
         return rules;
     }
     let via_lans: Vec<String> = prefs
@@ -46,10 +61,10 @@ pub fn ruleset(ifname: &str, prefs: &RoutingPrefs) -> Vec<String> {
         .flat_map(|v| v.routes.iter().map(|r| r.to_string()))
         .collect();
     if !via_lans.is_empty() {
-        rules.push(format!(
-            "{out} ip saddr {TAILNET_V4} ip daddr {} masquerade",
+        rules.extend(masquerade(format!(
+            "{out} ip saddr {TAILNET_V4} ip daddr {}",
             set_of(&via_lans)
-        ));
+        )));
     }
     if prefs.advertise_exit_node {
         let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = prefs
@@ -66,8 +81,8 @@ pub fn ruleset(ifname: &str, prefs: &RoutingPrefs) -> Vec<String> {
         };
         let v4_cond = not_in(&v4).replace(" daddr", " ip daddr");
         let v6_cond = not_in(&v6).replace(" daddr", " ip6 daddr");
-        rules.push(format!("{out} ip saddr {TAILNET_V4}{v4_cond} masquerade"));
-        rules.push(format!("{out} ip6 saddr {TAILNET_V6}{v6_cond} masquerade"));
+        rules.extend(masquerade(format!("{out} ip saddr {TAILNET_V4}{v4_cond}")));
+        rules.extend(masquerade(format!("{out} ip6 saddr {TAILNET_V6}{v6_cond}")));
     }
     rules
 }
@@ -137,7 +152,9 @@ mod tests {
         assert_eq!(
             ruleset("tg0", &p),
             vec![
+                "oifname != \"tg0\" ip saddr 100.64.0.0/10 meta l4proto { tcp, udp } masquerade to :1024-60999",
                 "oifname != \"tg0\" ip saddr 100.64.0.0/10 masquerade",
+                "oifname != \"tg0\" ip6 saddr fd7a:115c:a1e0::/48 meta l4proto { tcp, udp } masquerade to :1024-60999",
                 "oifname != \"tg0\" ip6 saddr fd7a:115c:a1e0::/48 masquerade"
             ]
         );
@@ -157,16 +174,17 @@ mod tests {
             ..RoutingPrefs::default()
         };
         let r = ruleset("tg0", &p);
+        assert_eq!(r.len(), 6);
         assert_eq!(
-            r[0],
+            r[1],
             "oifname != \"tg0\" ip saddr 100.64.0.0/10 ip daddr { 10.1.1.0/24 } masquerade"
         );
         assert_eq!(
-            r[1],
-            "oifname != \"tg0\" ip saddr 100.64.0.0/10 ip daddr != { 192.168.1.0/24 } masquerade"
+            r[2],
+            "oifname != \"tg0\" ip saddr 100.64.0.0/10 ip daddr != { 192.168.1.0/24 } meta l4proto { tcp, udp } masquerade to :1024-60999"
         );
         assert_eq!(
-            r[2],
+            r[5],
             "oifname != \"tg0\" ip6 saddr fd7a:115c:a1e0::/48 masquerade"
         );
         let s = script("tailgate_tg0", &r);

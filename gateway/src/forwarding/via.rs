@@ -39,6 +39,12 @@ pub struct ViaTranslator {
 impl ViaTranslator {
     /// A translator for `sites`; `None` when there are none.
     pub fn new(sites: &[ViaSite]) -> Option<ViaTranslator> {
+        Self::new_except(sites, &[])
+    }
+
+    /// A translator for the prefixes of `sites` not in `except` (those the XDP fast path
+    /// serves); `None` when none are left.
+    pub fn new_except(sites: &[ViaSite], except: &[Ipv6Net]) -> Option<ViaTranslator> {
         let prefixes: Vec<(Ipv6Net, SiteId)> = sites
             .iter()
             .flat_map(|s| {
@@ -47,6 +53,7 @@ impl ViaTranslator {
                     .iter()
                     .filter_map(move |r| via6::map_via(site, *r).ok().map(|p| (p, site)))
             })
+            .filter(|(p, _)| !except.contains(p))
             .collect();
         (!prefixes.is_empty()).then(|| ViaTranslator {
             prefixes,
@@ -146,6 +153,30 @@ impl ViaTranslator {
     }
 }
 
+/// 4via6 prefixes translated by the XDP fast path: the data path leaves their packets alone
+/// and writes them one by one (XDP cannot translate a coalesced super-packet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViaPassthrough {
+    prefixes: Vec<Ipv6Net>,
+}
+
+impl ViaPassthrough {
+    /// `None` when `prefixes` is empty.
+    pub fn new(prefixes: &[Ipv6Net]) -> Option<ViaPassthrough> {
+        (!prefixes.is_empty()).then(|| ViaPassthrough {
+            prefixes: prefixes.to_vec(),
+        })
+    }
+
+    /// Whether `pkt` is IPv6 to one of the prefixes.
+    pub fn matches(&self, pkt: &[u8]) -> bool {
+        match destination(pkt) {
+            Some(IpAddr::V6(dst)) => self.prefixes.iter().any(|p| p.contains(&dst)),
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +244,40 @@ mod tests {
         assert_eq!(t.flow_count(), 1);
         t.expire(Instant::now() + FLOW_IDLE);
         assert_eq!(t.flow_count(), 0);
+    }
+
+    #[test]
+    fn prefixes_served_by_xdp_are_passed_through() {
+        let sites = [
+            ViaSite {
+                site: 7,
+                routes: vec!["10.1.1.0/24".parse().unwrap()],
+            },
+            ViaSite {
+                site: 8,
+                routes: vec!["10.1.1.0/24".parse().unwrap()],
+            },
+        ];
+        let site7: Ipv6Net = "fd7a:115c:a1e0:b1a:0:7:a01:100/120".parse().unwrap();
+        let client6: Ipv6Addr = "fd7a:115c:a1e0::2".parse().unwrap();
+        let to7 = echo6(
+            client6,
+            "fd7a:115c:a1e0:b1a:0:7:a01:105".parse().unwrap(),
+            1,
+        );
+        let to8 = echo6(
+            client6,
+            "fd7a:115c:a1e0:b1a:0:8:a01:105".parse().unwrap(),
+            1,
+        );
+        let userspace = ViaTranslator::new_except(&sites, &[site7]).unwrap();
+        let mut out = Vec::new();
+        let client4 = Some("100.64.0.2".parse().unwrap());
+        assert!(!userspace.to_lan(&to7, client4, &mut out).unwrap());
+        assert!(userspace.to_lan(&to8, client4, &mut out).unwrap());
+        let xdp = ViaPassthrough::new(&[site7]).unwrap();
+        assert!(xdp.matches(&to7) && !xdp.matches(&to8) && !xdp.matches(&out));
+        assert!(ViaPassthrough::new(&[]).is_none());
+        assert!(ViaTranslator::new_except(&sites[..1], &[site7]).is_none());
     }
 }

@@ -161,16 +161,22 @@ impl Netlink {
 
     /// The name of the interface whose address the kernel would use to reach `dst`.
     pub async fn interface_toward(&self, dst: SocketAddr) -> Result<String> {
+        Ok(self.source_toward(dst.ip()).await?.0)
+    }
+
+    /// The source address the kernel picks for packets to `dst`, and the interface that
+    /// holds it (the egress interface for directly attached and gateway routes alike).
+    pub async fn source_toward(&self, dst: IpAddr) -> Result<(String, IpAddr)> {
         let probe = match dst {
-            SocketAddr::V4(_) => UdpSocket::bind(("0.0.0.0", 0)),
-            SocketAddr::V6(_) => UdpSocket::bind(("::", 0)),
+            IpAddr::V4(_) => UdpSocket::bind(("0.0.0.0", 0)),
+            IpAddr::V6(_) => UdpSocket::bind(("::", 0)),
         }
         .context("probe socket")?;
         probe
-            .connect(dst)
+            .connect((dst, 9))
             .with_context(|| format!("no route to {dst}"))?;
         let local = probe.local_addr()?.ip();
-        self.interface_with_address(local).await
+        Ok((self.interface_with_address(local).await?, local))
     }
 
     /// The name of the interface that holds `addr`.

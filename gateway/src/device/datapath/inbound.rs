@@ -40,7 +40,10 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
                 &batching.udp_recv_datagrams,
                 n.div_ceil(segment.unwrap_or(n).max(1)) as u64,
             );
-            let via = dev.state().via.clone();
+            let (via, via_xdp) = {
+                let st = dev.state();
+                (st.via.clone(), st.via_xdp.clone())
+            };
             for datagram in rx[..n].chunks(segment.unwrap_or(n).max(1)) {
                 let Some((len, peer)) = handle_datagram(&dev, src, datagram, &mut plain, now).await
                 else {
@@ -62,11 +65,20 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
                     },
                     None => &plain[..len],
                 };
+                // XDP translates 4via6 packets only one by one.
+                let merge = !via_xdp.as_ref().is_some_and(|v| v.matches(packet));
+                let push = |c: &mut Coalescer| {
+                    if merge {
+                        c.push(packet)
+                    } else {
+                        c.push_unmerged(packet)
+                    }
+                };
                 if !vnet {
                     write_tun(&dev, packet, 1).await;
-                } else if !coalescer.push(packet) {
+                } else if !push(&mut coalescer) {
                     flush(&dev, &mut coalescer).await;
-                    if !coalescer.push(packet) {
+                    if !push(&mut coalescer) {
                         dev.counters.drop(DropReason::BadTunPacket);
                     }
                 }

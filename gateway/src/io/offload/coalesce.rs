@@ -73,7 +73,16 @@ impl Coalescer {
     /// Adds a packet, merging it into an open super-packet of its flow where the rules allow.
     /// Returns false (and adds nothing) when there is no room.
     pub fn push(&mut self, packet: &[u8]) -> bool {
-        let tcp = L4Packet::parse(packet).filter(|l| l.proto == PROTO_TCP);
+        self.push_item(packet, true)
+    }
+
+    /// Adds a packet that must reach the TUN as it is (never merged with others).
+    pub fn push_unmerged(&mut self, packet: &[u8]) -> bool {
+        self.push_item(packet, false)
+    }
+
+    fn push_item(&mut self, packet: &[u8], merge: bool) -> bool {
+        let tcp = L4Packet::parse(packet).filter(|l| merge && l.proto == PROTO_TCP);
         if let Some(l4) = tcp {
             if self.try_append(packet, &l4) {
                 return true;

@@ -232,6 +232,24 @@ fn coalescing_respects_flow_order_and_flags() {
 }
 
 #[test]
+fn unmerged_packets_stay_whole() {
+    let (_, batch) = segment_all(6, 3600, 1200);
+    let mut c = Coalescer::new(65536, 16);
+    for p in batch.iter() {
+        assert!(c.push_unmerged(p));
+    }
+    // A mergeable segment after them does not join them either.
+    let (_, more) = segment_all(6, 1200, 1200);
+    assert!(c.push(more.get(0)));
+    c.finish();
+    assert_eq!(c.len(), 4);
+    for (i, p) in batch.iter().enumerate() {
+        assert_eq!(VnetHdr::parse(c.get(i)).unwrap(), VnetHdr::PLAIN);
+        assert_eq!(&c.get(i)[VNET_HDR_LEN..], p);
+    }
+}
+
+#[test]
 fn malformed_gso_requests_are_refused() {
     let mut batch = PacketBatch::new(65536, 64);
     let p = tcp_packet(4, 1, &[0; 3000], TCP_ACK);

@@ -1,0 +1,460 @@
+//! The XDP forwarding fast path as a router runs it: which advertised routes `tun_forward` and
+//! `lan_return` serve, on which LAN interfaces, and why the rest stays on the kernel path.
+//!
+//! Every advertised IPv4 subnet and 4via6 site is resolved to the interface the kernel would
+//! send its traffic out of (and the router's address there, the SNAT source). A route is served
+//! by XDP when that interface can carry `lan_return`: not the TUN, not loopback, and not the
+//! interface where `wan_ingress` runs (one XDP program per interface). Everything else —
+//! exit-node traffic, IPv6 subnets, routes whose LAN is not up yet — takes the kernel path
+//! (forwarding + nftables masquerade, 4via6 in userspace). The resolution is repeated by
+//! [`FastPath::refresh`], so LAN interfaces that appear after start-up are picked up.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::nat::via6::{self, SiteId};
+use crate::netcfg::Netlink;
+use crate::prefs::RoutingPrefs;
+use crate::xdp::{AttachPreference, ForwardOptions, ForwardRoute, LanInterface, XdpForward};
+
+/// What the fast path serves, for `tailgate status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FastPathStatus {
+    /// Whether the XDP programs are loaded and attached.
+    pub active: bool,
+    /// Why the fast path is off, or why some routes are not on it.
+    pub reason: Option<String>,
+    /// The TUN attachment, e.g. `tailgate0 (generic)`.
+    pub tun: Option<String>,
+    /// LAN attachments, e.g. `eth1 (native, SNAT 192.168.1.1)`.
+    pub lan: Vec<String>,
+    /// Advertised routes XDP forwards.
+    pub routes: Vec<String>,
+    /// Advertised routes left to the kernel path, with the reason.
+    pub kernel_routes: Vec<String>,
+    /// Tracked connections.
+    pub connections: usize,
+    /// Both programs' counters (`tun` and `lan`).
+    pub counters: Option<serde_json::Value>,
+}
+
+/// An advertised route the fast path could serve, and the IPv4 network its traffic goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    advertised: IpNet,
+    target: Ipv4Net,
+}
+
+/// Where the kernel sends a candidate's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Resolved {
+    ifname: String,
+    source: Ipv4Addr,
+}
+
+/// The decided layout: LAN interfaces and served routes, plus what stays in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Layout {
+    lan: BTreeMap<String, Ipv4Addr>,
+    served: Vec<IpNet>,
+    kernel: Vec<(IpNet, String)>,
+}
+
+/// The fast path of one daemon.
+pub struct FastPath {
+    tun: String,
+    netlink: Netlink,
+    /// Where `wan_ingress` runs (cannot also carry `lan_return`).
+    wan: Option<String>,
+    /// Set when the fast path must not be used at all (`--no-xdp`, load failure).
+    off: Option<String>,
+    lan_attach: AttachPreference,
+    xdp: Option<XdpForward>,
+    layout: Layout,
+    snat: bool,
+}
+
+impl FastPath {
+    /// A fast path for TUN `tun`; `off` says why it must stay off (nothing is loaded then).
+    pub fn new(
+        tun: &str,
+        netlink: Netlink,
+        wan: Option<String>,
+        off: Option<String>,
+        lan_attach: AttachPreference,
+    ) -> FastPath {
+        FastPath {
+            tun: tun.to_string(),
+            netlink,
+            wan,
+            off,
+            lan_attach,
+            xdp: None,
+            layout: Layout::default(),
+            snat: true,
+        }
+    }
+
+    /// Brings the programs in line with `prefs`. Failures switch the fast path off for good
+    /// (the kernel path serves everything) and are reported in the status, never returned:
+    /// forwarding must go on either way.
+    pub async fn apply(&mut self, prefs: &RoutingPrefs) {
+        if self.off.is_some() {
+            return;
+        }
+        self.snat = prefs.snat_subnet_routes;
+        let candidates = candidates(prefs);
+        let mut resolved = BTreeMap::new();
+        for c in &candidates {
+            let probe = probe_address(c.target);
+            let r = match self.netlink.source_toward(IpAddr::V4(probe)).await {
+                Ok((ifname, IpAddr::V4(source))) => Ok(Resolved { ifname, source }),
+                Ok((ifname, _)) => Err(format!("{ifname} has no IPv4 source")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            resolved.insert(*c, r);
+        }
+        let layout = plan(&candidates, &resolved, &self.tun, self.wan.as_deref());
+        if let Err(e) = self.install(&layout) {
+            log::warn!("XDP forwarding disabled: {e}; the kernel path forwards everything");
+            self.xdp = None;
+            self.off = Some(e);
+            self.layout = Layout::default();
+            return;
+        }
+        if layout != self.layout {
+            log::info!(
+                "XDP forwarding serves {:?} on {:?}; kernel path: {:?}",
+                layout.served,
+                layout.lan.keys().collect::<Vec<_>>(),
+                layout.kernel
+            );
+        }
+        self.layout = layout;
+    }
+
+    /// Loads/attaches as needed and writes LAN interfaces, routes and SNAT.
+    fn install(&mut self, layout: &Layout) -> Result<(), String> {
+        if layout.served.is_empty() {
+            // Nothing to serve: keep nothing in the kernel.
+            self.xdp = None;
+            return Ok(());
+        }
+        let lan: Vec<LanInterface> = layout
+            .lan
+            .iter()
+            .map(|(n, a)| LanInterface::new(n.clone(), *a))
+            .collect();
+        let xdp = match &mut self.xdp {
+            Some(x) => x,
+            None => {
+                let opts = ForwardOptions {
+                    snat_subnet_routes: self.snat,
+                    lan_attach: self.lan_attach,
+                    ..ForwardOptions::default()
+                };
+                let mut x = XdpForward::load(&opts).map_err(|e| format!("loading: {e}"))?;
+                x.attach_tun(&self.tun)
+                    .map_err(|e| format!("attaching tun_forward to {}: {e}", self.tun))?;
+                self.xdp.insert(x)
+            }
+        };
+        // LAN side first: a reply must never find its return path missing.
+        let attached: Vec<String> = xdp
+            .lan_attachments()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        for l in &lan {
+            if !attached.contains(&l.ifname) {
+                xdp.attach_lan(&l.ifname, self.lan_attach)
+                    .map_err(|e| format!("attaching lan_return to {}: {e}", l.ifname))?;
+            }
+        }
+        xdp.set_lan_interfaces(&lan).map_err(|e| e.to_string())?;
+        xdp.set_snat(self.snat).map_err(|e| e.to_string())?;
+        let routes: Vec<ForwardRoute> = layout.served.iter().map(|p| (*p).into()).collect();
+        xdp.set_routes(&routes).map_err(|e| e.to_string())
+    }
+
+    /// Re-resolves LAN interfaces (picking up new ones) and frees idle connection entries;
+    /// call every few seconds.
+    pub async fn refresh(&mut self, prefs: &RoutingPrefs) {
+        self.apply(prefs).await;
+        if let Some(x) = &mut self.xdp {
+            if let Err(e) = x.expire() {
+                log::warn!("XDP forwarding: expiring connections: {e}");
+            }
+        }
+    }
+
+    /// Detaches and unloads the programs (the kernel path takes over).
+    pub fn shutdown(&mut self) {
+        self.xdp = None;
+        self.layout = Layout::default();
+    }
+
+    /// 4via6 prefixes XDP translates (the userspace translator must leave them alone and the
+    /// daemon must not coalesce them into super-packets).
+    pub fn served_via(&self) -> Vec<Ipv6Net> {
+        if self.xdp.is_none() {
+            return Vec::new();
+        }
+        self.layout
+            .served
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V6(v6) => Some(*v6),
+                IpNet::V4(_) => None,
+            })
+            .collect()
+    }
+
+    /// A one-line summary for `tailgate status`.
+    pub fn summary(&self) -> String {
+        if let Some(why) = &self.off {
+            return format!("off ({why})");
+        }
+        match &self.xdp {
+            Some(x) => {
+                let lans: Vec<String> = x
+                    .lan_attachments()
+                    .iter()
+                    .map(|(n, m)| format!("{n} {m}"))
+                    .collect();
+                format!(
+                    "XDP for {} (tun_forward on {}, lan_return on {})",
+                    self.layout
+                        .served
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.tun,
+                    lans.join(", ")
+                )
+            }
+            None if self.layout.kernel.is_empty() => "idle (nothing to serve)".into(),
+            None => "idle (no advertised route has a usable LAN interface)".into(),
+        }
+    }
+
+    /// Full status.
+    pub fn status(&self) -> FastPathStatus {
+        let kernel_routes = self
+            .layout
+            .kernel
+            .iter()
+            .map(|(p, why)| format!("{p}: {why}"))
+            .collect();
+        let Some(x) = &self.xdp else {
+            return FastPathStatus {
+                reason: self.off.clone(),
+                kernel_routes,
+                ..FastPathStatus::default()
+            };
+        };
+        FastPathStatus {
+            active: true,
+            reason: None,
+            tun: x.tun_attachment().map(|(n, m)| format!("{n} ({m})")),
+            lan: x
+                .lan_attachments()
+                .iter()
+                .map(|(n, m)| {
+                    let snat = self
+                        .layout
+                        .lan
+                        .get(*n)
+                        .map(|a| format!(", SNAT {a}"))
+                        .unwrap_or_default();
+                    format!("{n} ({m}{snat})")
+                })
+                .collect(),
+            routes: self.layout.served.iter().map(ToString::to_string).collect(),
+            kernel_routes,
+            connections: x.connection_count().unwrap_or(0),
+            counters: x.counters().ok().and_then(|c| serde_json::to_value(c).ok()),
+        }
+    }
+}
+
+/// The advertised routes XDP could serve: IPv4 subnets and 4via6 prefixes.
+fn candidates(prefs: &RoutingPrefs) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = prefs
+        .advertise_routes
+        .iter()
+        .filter_map(|r| match r {
+            IpNet::V4(v4) if v4.prefix_len() > 0 => Some(Candidate {
+                advertised: *r,
+                target: *v4,
+            }),
+            _ => None,
+        })
+        .collect();
+    for site in &prefs.via {
+        let id = SiteId::new(site.site);
+        for r in &site.routes {
+            if let Ok(v6) = via6::map_via(id, *r) {
+                out.push(Candidate {
+                    advertised: IpNet::V6(v6),
+                    target: *r,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A host address inside `net` to ask the kernel about (the first one after the network).
+fn probe_address(net: Ipv4Net) -> Ipv4Addr {
+    let n = net.trunc();
+    if n.prefix_len() >= 31 {
+        n.network()
+    } else {
+        Ipv4Addr::from(u32::from(n.network()) + 1)
+    }
+}
+
+/// Decides which candidates XDP serves, given where the kernel routes each.
+fn plan(
+    candidates: &[Candidate],
+    resolved: &BTreeMap<Candidate, Result<Resolved, String>>,
+    tun: &str,
+    wan: Option<&str>,
+) -> Layout {
+    let mut layout = Layout::default();
+    for c in candidates {
+        let verdict = match resolved.get(c) {
+            None => Err("not resolved".to_string()),
+            Some(Err(e)) => Err(format!("no route: {e}")),
+            Some(Ok(r)) if r.ifname == tun => Err(format!("routed into {tun}")),
+            Some(Ok(r)) if r.ifname == "lo" => Err("routed to loopback".to_string()),
+            Some(Ok(r)) if Some(r.ifname.as_str()) == wan => Err(format!(
+                "{} also carries the tunnel (wan_ingress runs there)",
+                r.ifname
+            )),
+            Some(Ok(r)) => match layout.lan.get(&r.ifname) {
+                Some(a) if *a != r.source => Err(format!(
+                    "{} has source {} here but {a} for another route",
+                    r.ifname, r.source
+                )),
+                _ => Ok(r),
+            },
+        };
+        match verdict {
+            Ok(r) => {
+                layout.lan.insert(r.ifname.clone(), r.source);
+                layout.served.push(c.advertised);
+            }
+            Err(why) => layout.kernel.push((c.advertised, why)),
+        }
+    }
+    layout.served.sort();
+    layout.served.dedup();
+    layout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prefs::ViaSite;
+
+    fn ok(ifname: &str, source: &str) -> Result<Resolved, String> {
+        Ok(Resolved {
+            ifname: ifname.into(),
+            source: source.parse().unwrap(),
+        })
+    }
+
+    #[test]
+    fn candidates_are_ipv4_subnets_and_via_sites() {
+        let prefs = RoutingPrefs {
+            advertise_routes: vec![
+                "192.168.1.0/24".parse().unwrap(),
+                "2001:db8::/64".parse().unwrap(),
+            ],
+            via: vec![ViaSite {
+                site: 7,
+                routes: vec!["10.1.1.0/24".parse().unwrap()],
+            }],
+            advertise_exit_node: true,
+            ..RoutingPrefs::default()
+        };
+        let c = candidates(&prefs);
+        let adv: Vec<String> = c.iter().map(|c| c.advertised.to_string()).collect();
+        assert_eq!(
+            adv,
+            ["192.168.1.0/24", "fd7a:115c:a1e0:b1a:0:7:a01:100/120"]
+        );
+        assert_eq!(c[1].target.to_string(), "10.1.1.0/24");
+    }
+
+    #[test]
+    fn probe_addresses_are_inside_the_network() {
+        assert_eq!(
+            probe_address("192.168.1.77/24".parse().unwrap()),
+            Ipv4Addr::new(192, 168, 1, 1)
+        );
+        assert_eq!(
+            probe_address("10.0.0.9/32".parse().unwrap()),
+            Ipv4Addr::new(10, 0, 0, 9)
+        );
+    }
+
+    #[test]
+    fn plan_serves_lan_routes_and_explains_the_rest() {
+        let c = |a: &str, t: &str| Candidate {
+            advertised: a.parse().unwrap(),
+            target: t.parse().unwrap(),
+        };
+        let lan = c("192.168.1.0/24", "192.168.1.0/24");
+        let via = c("fd7a:115c:a1e0:b1a:0:7:a01:100/120", "10.1.1.0/24");
+        let tunneled = c("172.16.0.0/16", "172.16.0.0/16");
+        let wan = c("198.51.100.0/24", "198.51.100.0/24");
+        let missing = c("10.9.0.0/16", "10.9.0.0/16");
+        let resolved: BTreeMap<_, _> = [
+            (lan, ok("eth1", "192.168.1.1")),
+            (via, ok("eth2", "10.1.1.1")),
+            (tunneled, ok("tailgate0", "100.64.0.2")),
+            (wan, ok("eth0", "198.51.100.7")),
+            (missing, Err("no route to 10.9.0.1".into())),
+        ]
+        .into_iter()
+        .collect();
+        let all = [lan, via, tunneled, wan, missing];
+        let l = plan(&all, &resolved, "tailgate0", Some("eth0"));
+        assert_eq!(l.served, vec![lan.advertised, via.advertised]);
+        assert_eq!(l.lan.len(), 2);
+        assert_eq!(l.lan["eth1"], Ipv4Addr::new(192, 168, 1, 1));
+        let why: Vec<&str> = l.kernel.iter().map(|(_, w)| w.as_str()).collect();
+        assert_eq!(why.len(), 3);
+        assert!(why[0].contains("routed into tailgate0"), "{why:?}");
+        assert!(why[1].contains("wan_ingress"), "{why:?}");
+        assert!(why[2].starts_with("no route"), "{why:?}");
+    }
+
+    #[test]
+    fn plan_keeps_one_snat_address_per_interface() {
+        let a = Candidate {
+            advertised: "192.168.1.0/24".parse().unwrap(),
+            target: "192.168.1.0/24".parse().unwrap(),
+        };
+        let b = Candidate {
+            advertised: "192.168.2.0/24".parse().unwrap(),
+            target: "192.168.2.0/24".parse().unwrap(),
+        };
+        let resolved: BTreeMap<_, _> = [
+            (a, ok("eth1", "192.168.1.1")),
+            (b, ok("eth1", "192.168.2.1")),
+        ]
+        .into_iter()
+        .collect();
+        let l = plan(&[a, b], &resolved, "tailgate0", None);
+        assert_eq!(l.served, vec![a.advertised]);
+        assert!(l.kernel[0].1.contains("another route"), "{:?}", l.kernel);
+    }
+}
