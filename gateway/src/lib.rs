@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod device;
 pub mod forwarding;
 pub mod io;
+pub mod liveness;
 pub mod nat;
 pub mod netcfg;
 pub mod node_control;

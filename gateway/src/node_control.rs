@@ -6,32 +6,31 @@
 //! established tunnels survive. While the server is unreachable the client reconnects with
 //! backoff by itself and the data plane keeps running on the last netmap.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::status::{ControlStatus, PeerStatus};
 use crate::api::{UpRequest, UpResult};
 use crate::config::{ControlConfig, PeerConfig};
 use crate::control::client::{ClientEvent, ClientOptions, ControlClient, ControlHandle};
+use crate::control::failover::{self, NodeId};
 use crate::control::login_url::LoginServer;
 use crate::control::node_state::NodeState;
 use crate::control::proto::{Health, Hostinfo, NetMap, TAILNET_V4, TAILNET_V6};
 use crate::device::{lock, Device};
 use crate::forwarding::Routing;
+use crate::liveness::{ProbeTiming, Prober};
 use crate::netcfg::{InstalledRoutes, Netlink};
 use crate::uapi::SetRequest;
 
 /// How often the reported endpoints are recomputed.
 const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
-/// How often the LAN health probe runs.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Consecutive probe failures before the LAN is reported unhealthy.
-const PROBE_FAILURES: u32 = 2;
 
 /// What control mode needs from the daemon.
 #[derive(Clone)]
@@ -69,6 +68,8 @@ pub struct ControlMode {
     parts: DaemonParts,
     session: tokio::sync::Mutex<Option<Session>>,
     view: Arc<Mutex<View>>,
+    /// Primary routers that stopped answering probes through the tunnel.
+    silent: Mutex<BTreeSet<NodeId>>,
 }
 
 impl ControlMode {
@@ -87,6 +88,7 @@ impl ControlMode {
             parts,
             session: tokio::sync::Mutex::new(None),
             view: Arc::new(Mutex::new(view)),
+            silent: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -211,15 +213,21 @@ impl ControlMode {
         handle.set_endpoints(endpoints);
         let is_router = self.parts.routing.lock().await.status().prefs.is_router();
         let health = match (self.cfg.health_probe, is_router) {
-            (Some(target), true) => Some(spawn_probe(target)),
+            (Some(target), true) => {
+                start_prober(ProbeTiming::LAN_HEALTH, "LAN health probe").map(|p| {
+                    p.set_targets(vec![((), target)]);
+                    (p, target)
+                })
+            }
             _ => None,
         };
+        let tunnel = start_prober(ProbeTiming::TUNNEL, "tunnel probes of primary routers");
         let (stop_tx, stop_rx) = oneshot::channel();
         let pump = tokio::spawn(pump(
             self.clone(),
             handle,
             events,
-            health,
+            Probes { health, tunnel },
             stop_rx,
             login_server.clone(),
         ));
@@ -300,6 +308,7 @@ impl ControlMode {
     /// Applies a netmap: peers (in place), their routes, kernel routes.
     async fn apply_netmap(&self, nm: &NetMap) {
         let own = self.parts.dev.state().public_key;
+        let routes = failover::effective_routes(nm, &lock(&self.silent));
         let peers: Vec<PeerConfig> = nm
             .peers
             .iter()
@@ -311,11 +320,7 @@ impl ControlMode {
                 allowed_ips: p.addresses.iter().map(IpNet::trunc).collect(),
                 persistent_keepalive: None,
                 name: Some(p.name.clone()),
-                routes: p
-                    .primary_routes()
-                    .filter(|r| r.prefix_len() != 0)
-                    .map(|r| r.trunc())
-                    .collect(),
+                routes: routes.get(&p.id).cloned().unwrap_or_default(),
                 exit_node: p.exit_node,
             })
             .collect();
@@ -358,37 +363,81 @@ async fn stop_session(mut s: Session) {
     }
 }
 
+/// The session's probes (stopped when dropped).
+struct Probes {
+    /// A router's LAN health target.
+    health: Option<(Prober<()>, IpAddr)>,
+    /// Primary routers, through the tunnel (a client's quick failover).
+    tunnel: Option<Prober<NodeId>>,
+}
+
+/// Starts a prober, or logs why it cannot run (the feature is then off).
+fn start_prober<K>(timing: ProbeTiming, what: &'static str) -> Option<Prober<K>>
+where
+    K: Ord + Clone + Send + Sync + std::fmt::Debug + 'static,
+{
+    match Prober::start(timing, what) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!("{what} disabled: opening a raw ICMP socket: {e}");
+            None
+        }
+    }
+}
+
+/// Waits for the next change of an optional prober's silent set.
+async fn next_change<K>(p: &mut Option<Prober<K>>) -> BTreeSet<K>
+where
+    K: Ord + Clone + Send + Sync + std::fmt::Debug + 'static,
+{
+    match p {
+        Some(p) => p.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Relays client events to the device and local state to the client until stopped.
 async fn pump(
     mode: Arc<ControlMode>,
     handle: ControlHandle,
     mut events: tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
-    mut health: Option<(watch::Receiver<Health>, JoinHandle<()>)>,
+    probes: Probes,
     mut stop: oneshot::Receiver<()>,
     login_server: LoginServer,
 ) {
+    let Probes { health, mut tunnel } = probes;
+    let (mut health, health_target) = match health {
+        Some((p, t)) => (Some(p), Some(t)),
+        None => (None, None),
+    };
     let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
     refresh.tick().await;
     loop {
-        let health_changed = async {
-            match &mut health {
-                Some((rx, _)) => rx.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = &mut stop => break,
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
+                if let (ClientEvent::NetMap(nm), Some(t)) = (&ev, &tunnel) {
+                    let accept = mode.parts.routing.lock().await.status().prefs.accept_routes;
+                    t.set_targets(if accept { failover::probe_targets(nm) } else { Vec::new() });
+                }
                 mode.on_event(ev).await;
             }
-            ok = health_changed => {
-                match (&mut health, ok) {
-                    (Some((rx, _)), true) => {
-                        let h = rx.borrow_and_update().clone();
-                        handle.set_health(h);
-                    }
-                    _ => health = None,
+            silent = next_change(&mut health) => {
+                let target = health_target.map(|t| t.to_string()).unwrap_or_default();
+                let h = if silent.is_empty() {
+                    Health::default()
+                } else {
+                    Health { lan_ok: false, detail: Some(format!("ping {target}: no answer")) }
+                };
+                log::info!("LAN health probe of {target}: ok = {}", h.lan_ok);
+                handle.set_health(h);
+            }
+            silent = next_change(&mut tunnel) => {
+                *lock(&mode.silent) = silent;
+                let nm = lock(&mode.view).netmap.clone();
+                if let Some(nm) = nm {
+                    mode.apply_netmap(&nm).await;
                 }
             }
             _ = refresh.tick() => {
@@ -397,9 +446,7 @@ async fn pump(
             }
         }
     }
-    if let Some((_, task)) = health {
-        task.abort();
-    }
+    drop((health, tunnel));
     handle.shutdown().await;
 }
 
@@ -435,49 +482,6 @@ impl ControlMode {
             }
         }
     }
-}
-
-/// Pings `target` every [`PROBE_INTERVAL`]; the receiver holds the LAN health.
-fn spawn_probe(target: IpAddr) -> (watch::Receiver<Health>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(Health::default());
-    let task = tokio::spawn(async move {
-        let mut failures = 0u32;
-        let mut tick = tokio::time::interval(PROBE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let t = target.to_string();
-            let ok = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("ping")
-                    .args(["-n", "-q", "-c", "1", "-W", "1", &t])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .await
-            .unwrap_or(false);
-            failures = if ok { 0 } else { failures.saturating_add(1) };
-            let health = if failures >= PROBE_FAILURES {
-                Health {
-                    lan_ok: false,
-                    detail: Some(format!("ping {target}: no answer")),
-                }
-            } else {
-                Health::default()
-            };
-            tx.send_if_modified(|h| {
-                let changed = *h != health;
-                if changed {
-                    log::info!("LAN health probe of {target}: ok = {}", health.lan_ok);
-                }
-                *h = health;
-                changed
-            });
-        }
-    });
-    (rx, task)
 }
 
 /// The node's underlay endpoints: the address toward the login server first, then every other

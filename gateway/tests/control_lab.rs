@@ -434,9 +434,22 @@ fn reply_times(out: &str) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn control_mode_ha_failover_after_kill9_of_the_primary() {
-    require_root();
+/// How the primary router fails in an HA test.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// `kill -9` of its daemon.
+    Kill9,
+    /// Its WAN link (the underlay `eth0`) goes down.
+    WanDown,
+    /// Its LAN stops answering (the LAN host drops everything), so its LAN health probe
+    /// fails while the router itself stays up.
+    LanProbe,
+}
+
+/// Two routers for 10.0.50.0/24 (r1 preferred), a client pinging a LAN host every 10 ms;
+/// after 2 s the primary fails as `failure` says. Returns the longest gap between replies and
+/// checks that traffic resumed through r2 within 3 s.
+fn ha_failover(failure: Failure) -> Duration {
     let lab = Lab::new().expect("lab");
     let dir = TempDir::new("tgctl");
     let server = Server::start(&lab, &dir).expect("control server");
@@ -468,23 +481,23 @@ fn control_mode_ha_failover_after_kill9_of_the_primary() {
         .unwrap();
     client.wait_peers(2).unwrap();
     wait_ping(&client, "10.0.50.5").expect("LAN host via the primary");
-    let primary = wait_for("r1 as primary", SETTLE, || {
+    let primary_of = |client: &CtlNode| -> Result<Option<String>> {
         let st = client.status()?;
         Ok(st
             .peers
             .iter()
             .find(|p| p.primary_routes.as_ref().is_some_and(|r| !r.is_empty()))
             .and_then(|p| p.name.clone()))
-    })
-    .unwrap();
+    };
+    let primary = wait_for("r1 as primary", SETTLE, || primary_of(&client)).unwrap();
     assert_eq!(primary, "r1", "the higher priority wins");
 
-    // Ping every 10 ms for 12 s; kill -9 the primary's daemon after 2 s.
+    // Ping every 10 ms for 10 s; the primary fails after 2 s.
     let mut ping = client
         .host
         .ns
         .command("ping")
-        .args(["-D", "-n", "-i", "0.01", "-W", "1", "-w", "12", "10.0.50.5"])
+        .args(["-D", "-n", "-i", "0.01", "-W", "1", "-w", "10", "10.0.50.5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -500,11 +513,28 @@ fn control_mode_ha_failover_after_kill9_of_the_primary() {
         out
     });
     std::thread::sleep(Duration::from_secs(2));
-    let killed_at = std::time::SystemTime::now()
+    let failed_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    r1.process.signal(libc::SIGKILL);
+    match failure {
+        Failure::Kill9 => r1.process.signal(libc::SIGKILL),
+        Failure::WanDown => {
+            r1.host.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+        }
+        Failure::LanProbe => {
+            let lan = &r1.lans[0];
+            lan.exec("nft", &["add", "table", "inet", "dead"]).unwrap();
+            lan.exec(
+                "nft",
+                &[
+                    "add", "chain", "inet", "dead", "input", "{", "type", "filter", "hook",
+                    "input", "priority", "0", ";", "policy", "drop", ";", "}",
+                ],
+            )
+            .unwrap();
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     while ping.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -513,10 +543,10 @@ fn control_mode_ha_failover_after_kill9_of_the_primary() {
     let _ = ping.wait();
     let out = reader.join().unwrap_or_default();
     let times = reply_times(&out);
-    let after = times.iter().filter(|t| **t > killed_at).count();
+    let after = times.iter().filter(|t| **t > failed_at).count();
     let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
     println!(
-        "HA failover after kill -9 of the primary: {} replies ({after} after the kill), longest gap {:.0} ms",
+        "HA failover, {failure:?}: {} replies ({after} after the failure), longest gap {:.0} ms",
         times.len(),
         gap * 1000.0
     );
@@ -526,14 +556,31 @@ fn control_mode_ha_failover_after_kill9_of_the_primary() {
         r2.process.log()
     );
     assert!(gap <= 3.0, "longest gap {gap:.3} s exceeds 3 s");
-    let st = client.status().unwrap();
-    let now_primary = st
-        .peers
-        .iter()
-        .find(|p| p.primary_routes.as_ref().is_some_and(|r| !r.is_empty()))
-        .and_then(|p| p.name.clone());
-    assert_eq!(now_primary.as_deref(), Some("r2"));
-    let _ = &mut r2;
+    // The server confirms the switch.
+    let now_primary = wait_for("r2 as primary in the netmap", SETTLE, || {
+        Ok(primary_of(&client)?.filter(|n| n == "r2"))
+    });
+    assert!(now_primary.is_ok(), "{now_primary:?}");
+    let _ = (&mut r1, &mut r2);
+    Duration::from_secs_f64(gap)
+}
+
+#[test]
+fn control_mode_ha_failover_after_kill9_of_the_primary() {
+    require_root();
+    ha_failover(Failure::Kill9);
+}
+
+#[test]
+fn control_mode_ha_failover_when_the_primary_wan_link_goes_down() {
+    require_root();
+    ha_failover(Failure::WanDown);
+}
+
+#[test]
+fn control_mode_ha_failover_when_the_primary_lan_probe_fails() {
+    require_root();
+    ha_failover(Failure::LanProbe);
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod duration;
 pub mod election;
+pub mod failover;
 pub mod hujson;
 pub mod login_url;
 pub mod node_state;
