@@ -328,10 +328,23 @@ impl ApiContext {
                 None => Response::Error(NOT_CONTROL_MODE.into()),
             },
             Request::Set { change } => {
+                if change.route_priority.is_some() && self.control.is_none() {
+                    return Response::Error(
+                        "--route-priority is for HA routers of a coordination server; \
+                         this daemon runs with static peers"
+                            .into(),
+                    );
+                }
                 let mut routing = self.routing.lock().await;
                 let prefs = change.applied_to(&routing.status().prefs);
                 match routing.apply(&self.dev, &self.routes, prefs).await {
-                    Ok(()) => Response::Set(Box::new(routing.status().prefs.clone())),
+                    Ok(()) => {
+                        let prefs = routing.status().prefs.clone();
+                        if let Some(c) = &self.control {
+                            c.preferences_changed(&prefs, change.route_priority).await;
+                        }
+                        Response::Set(Box::new(prefs))
+                    }
                     Err(e) => {
                         let before = routing.status().prefs.clone();
                         if let Err(e2) = routing.apply(&self.dev, &self.routes, before).await {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::status::{ControlStatus, PeerStatus};
@@ -27,6 +27,7 @@ use crate::device::{lock, Device};
 use crate::forwarding::Routing;
 use crate::liveness::{ProbeTiming, Prober};
 use crate::netcfg::{InstalledRoutes, Netlink};
+use crate::prefs::RoutingPrefs;
 use crate::uapi::SetRequest;
 
 /// How often the reported endpoints are recomputed.
@@ -53,6 +54,8 @@ pub struct DaemonParts {
 struct Session {
     stop: oneshot::Sender<()>,
     pump: JoinHandle<()>,
+    /// What the node tells the server about itself; changes are sent at once.
+    hostinfo: watch::Sender<Hostinfo>,
 }
 
 /// What `tailgate status` shows about the session.
@@ -147,13 +150,14 @@ impl ControlMode {
         let hostinfo = Hostinfo {
             hostname,
             os: "linux".into(),
-            advertised_routes: prefs.advertise_routes.clone(),
+            advertised_routes: advertised_to_server(&prefs),
             advertise_exit_node: prefs.advertise_exit_node,
             route_priority: req.route_priority,
         };
         if let Some(old) = session.take() {
             stop_session(old).await;
         }
+        let (hostinfo_tx, hostinfo_rx) = watch::channel(hostinfo.clone());
         let mut opts =
             ClientOptions::new(login_server.clone(), self.cfg.state_dir.clone(), hostinfo);
         opts.auth_key = req.auth_key.clone();
@@ -211,16 +215,13 @@ impl ControlMode {
             &self.parts.dev.name,
         );
         handle.set_endpoints(endpoints);
-        let is_router = self.parts.routing.lock().await.status().prefs.is_router();
-        let health = match (self.cfg.health_probe, is_router) {
-            (Some(target), true) => {
-                start_prober(ProbeTiming::LAN_HEALTH, "LAN health probe").map(|p| {
-                    p.set_targets(vec![((), target)]);
-                    (p, target)
-                })
-            }
-            _ => None,
-        };
+        // Probed whenever configured: a node may become a router with `tailgate set`.
+        let health = self.cfg.health_probe.and_then(|target| {
+            start_prober(ProbeTiming::LAN_HEALTH, "LAN health probe").map(|p| {
+                p.set_targets(vec![((), target)]);
+                (p, target)
+            })
+        });
         let tunnel = start_prober(ProbeTiming::TUNNEL, "tunnel probes of primary routers");
         let (stop_tx, stop_rx) = oneshot::channel();
         let pump = tokio::spawn(pump(
@@ -229,11 +230,13 @@ impl ControlMode {
             events,
             Probes { health, tunnel },
             stop_rx,
+            hostinfo_rx,
             login_server.clone(),
         ));
         *session = Some(Session {
             stop: stop_tx,
             pump,
+            hostinfo: hostinfo_tx,
         });
         log::info!(
             "control session with {login_server} started as {} ({})",
@@ -247,7 +250,8 @@ impl ControlMode {
         })
     }
 
-    /// `tailgate down`: stops the session and removes every peer (the interface stays).
+    /// `tailgate down`: stops the session, removes every peer and the tailnet addresses (the
+    /// interface stays).
     pub async fn down(&self) -> Result<(), String> {
         let mut session = self.session.lock().await;
         if let Some(s) = session.take() {
@@ -267,11 +271,38 @@ impl ControlMode {
             .sync(&self.parts.dev.allowed_networks())
             .await
             .map_err(|e| format!("{e:#}"))?;
+        let addresses: Vec<IpNet> = lock(&self.view)
+            .status
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .map(IpNet::from)
+            .collect();
+        self.parts
+            .netlink
+            .remove_addresses(self.parts.index, &addresses)
+            .await
+            .map_err(|e| format!("removing the tailnet addresses: {e:#}"))?;
         let mut v = lock(&self.view);
         v.status.state = "stopped".into();
         v.status.error = None;
+        v.status.addresses.clear();
         v.netmap = None;
         Ok(())
+    }
+
+    /// After `tailgate set`: tells the server the new advertised routes, exit-node offer and
+    /// (if given) HA priority. Without a session they are sent with the next `tailgate up`.
+    pub async fn preferences_changed(&self, prefs: &RoutingPrefs, route_priority: Option<u32>) {
+        if let Some(s) = self.session.lock().await.as_ref() {
+            s.hostinfo.send_modify(|h| {
+                h.advertised_routes = advertised_to_server(prefs);
+                h.advertise_exit_node = prefs.advertise_exit_node;
+                if let Some(p) = route_priority {
+                    h.route_priority = p;
+                }
+            });
+        }
     }
 
     /// Stops the session (daemon shutdown).
@@ -403,6 +434,7 @@ async fn pump(
     mut events: tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
     probes: Probes,
     mut stop: oneshot::Receiver<()>,
+    mut hostinfo: watch::Receiver<Hostinfo>,
     login_server: LoginServer,
 ) {
     let Probes { health, mut tunnel } = probes;
@@ -439,6 +471,14 @@ async fn pump(
                 if let Some(nm) = nm {
                     mode.apply_netmap(&nm).await;
                 }
+            }
+            Ok(()) = hostinfo.changed() => {
+                let h = hostinfo.borrow_and_update().clone();
+                log::info!(
+                    "advertising {:?} (exit node: {}, priority {})",
+                    h.advertised_routes, h.advertise_exit_node, h.route_priority
+                );
+                handle.set_hostinfo(h);
             }
             _ = refresh.tick() => {
                 let st = mode.parts.dev.state().listen_port;
@@ -482,6 +522,16 @@ impl ControlMode {
             }
         }
     }
+}
+
+/// The routes the server should know this node offers: subnet routes and 4via6 prefixes
+/// (exit routes are the `advertise_exit_node` flag).
+fn advertised_to_server(prefs: &RoutingPrefs) -> Vec<IpNet> {
+    prefs
+        .advertised()
+        .into_iter()
+        .filter(|r| r.prefix_len() != 0)
+        .collect()
 }
 
 /// The node's underlay endpoints: the address toward the login server first, then every other

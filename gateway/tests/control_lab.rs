@@ -341,6 +341,15 @@ fn control_mode_nodes_register_get_addresses_and_ping() {
     b.cli(&["down"]).expect("down");
     let st = b.wait_peers(0).expect("no peers after down");
     assert_eq!(st.control.map(|c| c.state), Some("stopped".to_string()));
+    let addrs = b
+        .host
+        .ns
+        .ip(&["-o", "addr", "show", "dev", &st.interface])
+        .unwrap();
+    assert!(
+        !addrs.contains("100.64.") && !addrs.contains("fd7a:115c:a1e0"),
+        "tailnet addresses left after down: {addrs}"
+    );
     b.cli(&["up", "--login-server", &server.url, "--hostname", "bravo"])
         .expect("up again without a key");
     b.wait_peers(2).expect("peers back");
@@ -409,6 +418,44 @@ fn control_mode_routes_from_the_netmap_use_longest_prefix_match() {
     };
     assert_eq!(routes_of("ra"), vec!["10.0.0.0/16".to_string()]);
     assert_eq!(routes_of("rb"), vec!["10.0.1.0/24".to_string()]);
+
+    // `tailgate set` in control mode reaches the server: a new route (pending approval until
+    // approved, then in the client's netmap) and a new HA priority.
+    rb.cli(&[
+        "set",
+        "--advertise-routes=10.0.1.0/24,10.0.3.0/24",
+        "--route-priority=7",
+    ])
+    .expect("set on rb");
+    let listed = wait_for("rb's new route at the server", SETTLE, || {
+        let v: serde_json::Value =
+            serde_json::from_str(&server.admin(&["routes", "list", "--json"])?)?;
+        let rows = v.as_array().cloned().unwrap_or_default();
+        let new = rows
+            .iter()
+            .find(|r| r["node"] == "rb" && r["prefix"] == "10.0.3.0/24")
+            .cloned();
+        Ok(new.filter(|r| r["priority"] == 7))
+    })
+    .unwrap();
+    assert_eq!(listed["approved"], false, "{listed}");
+    server
+        .admin(&["routes", "approve", "rb", "10.0.3.0/24"])
+        .unwrap();
+    wait_for("10.0.3.0/24 in the client's netmap", SETTLE, || {
+        let st = client.status()?;
+        Ok(st
+            .peers
+            .iter()
+            .any(|p| {
+                p.name.as_deref() == Some("rb")
+                    && p.primary_routes
+                        .as_ref()
+                        .is_some_and(|r| r.contains(&"10.0.3.0/24".to_string()))
+            })
+            .then_some(()))
+    })
+    .unwrap();
     // Without accept_routes nothing is routed.
     client
         .cli(&["set", "--accept-routes=false"])

@@ -34,6 +34,10 @@ pub struct SetArgs {
     /// While using an exit node, keep the local LAN reachable directly.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub exit_node_allow_lan_access: Option<bool>,
+    /// HA priority among routers for the same prefix, sent to the coordination server:
+    /// higher is preferred (control mode only).
+    #[arg(long, value_name = "N")]
+    pub route_priority: Option<u32>,
     /// Print the resulting preferences as JSON.
     #[arg(long)]
     pub json: bool,
@@ -97,6 +101,7 @@ pub async fn set(socket: &Path, args: SetArgs) -> Result<()> {
         accept_routes: args.accept_routes,
         exit_node: args.exit_node,
         exit_node_allow_lan_access: args.exit_node_allow_lan_access,
+        route_priority: args.route_priority,
     };
     if change == RoutingChange::default() {
         bail!("nothing to change: give at least one flag (see `tailgate set --help`)");

@@ -28,6 +28,10 @@ pub struct RoutingChange {
     pub exit_node: Option<String>,
     /// Keep the LAN direct while using an exit node.
     pub exit_node_allow_lan_access: Option<bool>,
+    /// HA priority among routers for the same prefix (control mode; not a routing
+    /// preference of this node, passed on to the coordination server).
+    #[serde(default)]
+    pub route_priority: Option<u32>,
 }
 
 impl RoutingChange {

@@ -108,6 +108,34 @@ impl Netlink {
         Ok(())
     }
 
+    /// Removes those of `addresses` that interface `index` holds.
+    pub async fn remove_addresses(&self, index: u32, addresses: &[IpNet]) -> Result<()> {
+        let mut list = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut doomed = Vec::new();
+        while let Some(msg) = list.try_next().await.context("listing addresses")? {
+            let held = msg.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Address(ip) if addresses.iter().any(|n| n.addr() == *ip))
+            });
+            if held {
+                doomed.push(msg);
+            }
+        }
+        for msg in doomed {
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .context("removing an address")?;
+        }
+        Ok(())
+    }
+
     /// Adds a route for `net` through interface `index`; `Ok(None)` if it already existed.
     async fn add_route(&self, index: u32, net: IpNet) -> Result<Option<RouteMessage>> {
         self.add_route_in(net, Some(index), MAIN_TABLE, RouteType::Unicast)
