@@ -74,6 +74,10 @@ enum Command {
         /// HA priority among routers for the same prefix: higher is preferred (default 0).
         #[arg(long, default_value_t = 0)]
         route_priority: u32,
+        /// Replace the node's WireGuard key now, without dropping its tunnels (done
+        /// automatically when the key is within 14 days of expiry).
+        #[arg(long)]
+        rotate_key: bool,
     },
     /// Disconnect from the coordination server: the session stops and peers are removed
     /// (the interface stays).
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             advertise_exit_node,
             accept_routes,
             route_priority,
+            rotate_key,
         } => {
             let req = Request::Up(Box::new(api::UpRequest {
                 login_server,
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
                 advertise_exit_node,
                 accept_routes,
                 route_priority,
+                rotate_key,
             }));
             match runtime()?.block_on(api::request(&cli.socket, &req))? {
                 Response::Up(r) => {

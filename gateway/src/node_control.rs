@@ -22,13 +22,19 @@ use crate::control::client::{ClientEvent, ClientOptions, ControlClient, ControlH
 use crate::control::failover::{self, NodeId};
 use crate::control::login_url::LoginServer;
 use crate::control::node_state::NodeState;
-use crate::control::proto::{Health, Hostinfo, NetMap, TAILNET_V4, TAILNET_V6};
+use crate::control::proto::{Health, Hostinfo, NetMap, Registration, TAILNET_V4, TAILNET_V6};
 use crate::device::{lock, Device};
 use crate::forwarding::Routing;
 use crate::liveness::{ProbeTiming, Prober};
 use crate::netcfg::{InstalledRoutes, Netlink};
 use crate::prefs::RoutingPrefs;
 use crate::uapi::SetRequest;
+use crate::wg::Key;
+
+/// A node key this close to its expiry is replaced (at `up` and by an hourly check).
+const KEY_ROTATE_BEFORE: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How often a running session checks its key's expiry.
+const KEY_CHECK: Duration = Duration::from_secs(3600);
 
 /// How often the reported endpoints are recomputed.
 const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
@@ -63,6 +69,10 @@ struct Session {
 struct View {
     status: ControlStatus,
     netmap: Option<Arc<NetMap>>,
+    /// The node key's expiry (Unix seconds), from the registration.
+    key_expiry: Option<u64>,
+    /// The last `up` request (without its auth key), for restarting the session.
+    last_up: Option<UpRequest>,
 }
 
 /// The daemon's control-mode state.
@@ -73,6 +83,8 @@ pub struct ControlMode {
     view: Arc<Mutex<View>>,
     /// Primary routers that stopped answering probes through the tunnel.
     silent: Mutex<BTreeSet<NodeId>>,
+    /// Woken by the session when the node key is about to expire.
+    renew_key: Arc<tokio::sync::Notify>,
 }
 
 impl ControlMode {
@@ -84,15 +96,36 @@ impl ControlMode {
                 login_server: cfg.login_server.as_ref().map(ToString::to_string),
                 ..ControlStatus::default()
             },
-            netmap: None,
+            ..View::default()
         };
-        Arc::new(ControlMode {
+        let mode = Arc::new(ControlMode {
             cfg,
             parts,
             session: tokio::sync::Mutex::new(None),
             view: Arc::new(Mutex::new(view)),
             silent: Mutex::new(BTreeSet::new()),
-        })
+            renew_key: Arc::new(tokio::sync::Notify::new()),
+        });
+        // Key renewal restarts the session, so it cannot run on the session's own task.
+        let weak = Arc::downgrade(&mode);
+        let renew = mode.renew_key.clone();
+        tokio::spawn(async move {
+            loop {
+                renew.notified().await;
+                let Some(mode) = weak.upgrade() else { break };
+                let last_up = lock(&mode.view).last_up.clone();
+                if let Some(req) = last_up {
+                    let req = UpRequest {
+                        rotate_key: true,
+                        ..req
+                    };
+                    if let Err(e) = mode.up(req).await {
+                        log::warn!("renewing the node key: {e}");
+                    }
+                }
+            }
+        });
+        mode
     }
 
     /// At start-up: if the state dir holds a registration with the configured login server,
@@ -168,7 +201,7 @@ impl ControlMode {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let reg = client.registration().cloned().ok_or_else(|| {
+        let mut reg = client.registration().cloned().ok_or_else(|| {
             format!("this node is not registered with {login_server}: pass --auth-key")
         })?;
         let key = client.node_private_key();
@@ -180,6 +213,9 @@ impl ControlMode {
                     ..SetRequest::default()
                 })
                 .map_err(|e| format!("switching to the node key: {e}"))?;
+        }
+        if req.rotate_key || key_expires_soon(reg.key_expiry) {
+            reg = self.rotate_key(&mut client).await?;
         }
         let addresses: Vec<IpNet> = vec![
             IpNet::new(IpAddr::V4(reg.ipv4), 32).map_err(|e| e.to_string())?,
@@ -207,6 +243,13 @@ impl ControlMode {
                 error: None,
                 netmap_version: None,
             };
+            v.key_expiry = reg.key_expiry;
+            v.last_up = Some(UpRequest {
+                auth_key: None,
+                rotate_key: false,
+                login_server: Some(login_server.to_string()),
+                ..req.clone()
+            });
         }
         let (handle, events) = client.start();
         let endpoints = local_endpoints(
@@ -248,6 +291,29 @@ impl ControlMode {
             name: reg.name,
             addresses: addresses.iter().map(|a| a.addr().to_string()).collect(),
         })
+    }
+
+    /// Replaces the node key: the device switches first, keeping its sessions (peers that
+    /// still know the old key go on using them), then the server is told; if it refuses, the
+    /// device goes back to the old key.
+    async fn rotate_key(&self, client: &mut ControlClient) -> Result<Registration, String> {
+        let old = self.parts.dev.state().private_key;
+        let new = Key::generate_private();
+        self.parts.dev.rotate_private_key(new);
+        match client.rotate_node_key(new).await {
+            Ok(reg) => {
+                log::info!(
+                    "node key rotated: {} → {}",
+                    old.public_key().short(),
+                    new.public_key().short()
+                );
+                Ok(reg)
+            }
+            Err(e) => {
+                self.parts.dev.rotate_private_key(old);
+                Err(format!("rotating the node key: {e}"))
+            }
+        }
     }
 
     /// `tailgate down`: stops the session, removes every peer and the tailnet addresses (the
@@ -444,6 +510,8 @@ async fn pump(
     };
     let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
     refresh.tick().await;
+    let mut key_check = tokio::time::interval(KEY_CHECK);
+    key_check.tick().await;
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -479,6 +547,11 @@ async fn pump(
                     h.advertised_routes, h.advertise_exit_node, h.route_priority
                 );
                 handle.set_hostinfo(h);
+            }
+            _ = key_check.tick() => {
+                if key_expires_soon(lock(&mode.view).key_expiry) {
+                    mode.renew_key.notify_one();
+                }
             }
             _ = refresh.tick() => {
                 let st = mode.parts.dev.state().listen_port;
@@ -522,6 +595,14 @@ impl ControlMode {
             }
         }
     }
+}
+
+/// Whether a key expiring at `expiry` (Unix seconds) should be replaced now.
+fn key_expires_soon(expiry: Option<u64>) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    expiry.is_some_and(|t| t <= now.saturating_add(KEY_ROTATE_BEFORE.as_secs()))
 }
 
 /// The routes the server should know this node offers: subnet routes and 4via6 prefixes

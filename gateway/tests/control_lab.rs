@@ -481,6 +481,100 @@ fn reply_times(out: &str) -> Vec<f64> {
         .collect()
 }
 
+#[test]
+fn node_key_rotation_keeps_the_tunnel_up() {
+    require_root();
+    let lab = Lab::new().expect("lab");
+    let dir = TempDir::new("tgctl");
+    let server = Server::start(&lab, &dir).expect("control server");
+    let key = server.authkey(&["--reusable"]).unwrap();
+    let mut a = CtlNode::start(&lab, 1, "").expect("node a");
+    let mut b = CtlNode::start(&lab, 2, "").expect("node b");
+    a.up(&server, &key, &["--hostname", "alpha"]).expect("up a");
+    b.up(&server, &key, &["--hostname", "bravo"]).expect("up b");
+    a.wait_peers(1).unwrap();
+    b.wait_peers(1).unwrap();
+    let va = a.tailnet_v4().unwrap();
+    wait_ping(&b, &va).expect("b → a");
+    let old_key = a.status().unwrap().public_key;
+
+    let (times, rotated_at) = ping_around(&b.host.ns, &va, 6, || {
+        a.cli(&["up", "--login-server", &server.url, "--rotate-key"])
+            .expect("up --rotate-key");
+    });
+    let new_key = a.status().unwrap().public_key;
+    assert_ne!(new_key, old_key, "the key did not change");
+    let seen_by_b = wait_for("b to learn a's new key", SETTLE, || {
+        let st = b.status()?;
+        Ok(st
+            .peers
+            .iter()
+            .any(|p| p.public_key == new_key)
+            .then_some(()))
+    });
+    assert!(seen_by_b.is_ok(), "{seen_by_b:?}");
+    let after = times.iter().filter(|t| **t > rotated_at + 1.0).count();
+    let gap = longest_gap(&times);
+    println!(
+        "node-key rotation: {} replies ({after} more than 1 s after it), longest gap {:.0} ms",
+        times.len(),
+        gap * 1000.0
+    );
+    assert!(after > 100, "traffic stopped after the rotation");
+    assert!(gap <= 1.0, "longest gap {gap:.3} s during the rotation");
+    let _ = (&mut a, &mut b);
+}
+
+/// Pings `dst` from `ns` every 10 ms for `secs` seconds and runs `event` after 2 s. Returns
+/// the reply timestamps (`ping -D`, Unix seconds) and when the event ran.
+fn ping_around(ns: &Netns, dst: &str, secs: u32, event: impl FnOnce()) -> (Vec<f64>, f64) {
+    let mut ping = ns
+        .command("ping")
+        .args([
+            "-D",
+            "-n",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-w",
+            &secs.to_string(),
+            dst,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ping");
+    let stdout = ping.stdout.take().expect("ping stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        for l in BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            out.push_str(&l);
+            out.push('\n');
+        }
+        out
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    event();
+    let deadline = Instant::now() + Duration::from_secs(u64::from(secs) + 10);
+    while ping.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = ping.kill();
+    let _ = ping.wait();
+    (reply_times(&reader.join().unwrap_or_default()), at)
+}
+
+/// The longest time between consecutive replies, seconds.
+fn longest_gap(times: &[f64]) -> f64 {
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max)
+}
+
 /// How the primary router fails in an HA test.
 #[derive(Clone, Copy, Debug)]
 enum Failure {
@@ -540,31 +634,7 @@ fn ha_failover(failure: Failure) -> Duration {
     assert_eq!(primary, "r1", "the higher priority wins");
 
     // Ping every 10 ms for 10 s; the primary fails after 2 s.
-    let mut ping = client
-        .host
-        .ns
-        .command("ping")
-        .args(["-D", "-n", "-i", "0.01", "-W", "1", "-w", "10", "10.0.50.5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ping");
-    let stdout = ping.stdout.take().expect("ping stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        for l in BufReader::new(stdout).lines() {
-            let Ok(l) = l else { break };
-            out.push_str(&l);
-            out.push('\n');
-        }
-        out
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let failed_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    match failure {
+    let (times, failed_at) = ping_around(&client.host.ns, "10.0.50.5", 10, || match failure {
         Failure::Kill9 => r1.process.signal(libc::SIGKILL),
         Failure::WanDown => {
             r1.host.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
@@ -581,17 +651,9 @@ fn ha_failover(failure: Failure) -> Duration {
             )
             .unwrap();
         }
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ping.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = ping.kill();
-    let _ = ping.wait();
-    let out = reader.join().unwrap_or_default();
-    let times = reply_times(&out);
+    });
     let after = times.iter().filter(|t| **t > failed_at).count();
-    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+    let gap = longest_gap(&times);
     println!(
         "HA failover, {failure:?}: {} replies ({after} after the failure), longest gap {:.0} ms",
         times.len(),

@@ -65,6 +65,9 @@ pub struct UpRequest {
     /// HA priority among routers for the same prefix (higher is preferred).
     #[serde(default)]
     pub route_priority: u32,
+    /// Replace the node key now (it is also replaced automatically before it expires).
+    #[serde(default)]
+    pub rotate_key: bool,
 }
 
 /// The answer to a successful `tailgate up`.

@@ -340,14 +340,14 @@ impl ControlClient {
         r
     }
 
-    /// Replaces the WireGuard key with a new one and tells the server (no auth key needed
-    /// while the registration is valid). The new key is persisted only once the server
-    /// accepted it; the caller then switches its device to [`Self::node_private_key`].
-    pub async fn rotate_node_key(&mut self) -> Result<Registration, ClientError> {
+    /// Replaces the WireGuard key with `new_key` (e.g. [`Key::generate_private`]) and tells
+    /// the server (no auth key needed while the registration is valid). The new key is
+    /// persisted only once the server accepted it. A device that switches to the new key
+    /// before this call (keeping its sessions) loses no traffic: peers that still know the
+    /// old key keep using the established sessions until the server's netmap reaches them.
+    pub async fn rotate_node_key(&mut self, new_key: Key) -> Result<Registration, ClientError> {
         let mut conn = self.connect().await?;
-        let r = self
-            .register_on(&mut conn, None, Key::generate_private())
-            .await;
+        let r = self.register_on(&mut conn, None, new_key).await;
         conn.writer.shutdown().await;
         r
     }

@@ -382,6 +382,22 @@ impl Device {
         st.via_xdp = ViaPassthrough::new(xdp).map(Arc::new);
     }
 
+    /// Node-key rotation: switches to `key` keeping every established session (unlike
+    /// `wg set private-key`, which drops them), so traffic flows on while the peers learn the
+    /// new public key.
+    pub fn rotate_private_key(&self, key: Key) {
+        let mut st = self.state_mut();
+        if key == st.private_key {
+            return;
+        }
+        st.public_key = key.public_key();
+        st.responder = Responder::new(key);
+        st.private_key = key;
+        for p in st.peers.values() {
+            p.set_local_static(&key);
+        }
+    }
+
     /// What `wg show` needs.
     pub fn snapshot(&self) -> DeviceSnapshot {
         let st = self.state();

@@ -82,6 +82,12 @@ impl Peer {
         }
     }
 
+    /// Switches to a new local private key keeping the established sessions (node-key
+    /// rotation; see [`crate::wg::Tunnel::set_local_static`]).
+    pub fn set_local_static(&self, private_key: &Key) {
+        lock(&self.tunnel).set_local_static(*private_key);
+    }
+
     /// Restarts the protocol state with a new local private key (all sessions are dropped).
     pub fn rekey_local(&self, private_key: &Key, now: Instant) {
         let settings = lock(&self.settings).clone();

@@ -134,6 +134,34 @@ fn establish(a: &mut Tunnel, b: &mut Tunnel, now: Instant) {
 
 // ------------------------------------------------------------------ handshake and transport
 
+#[test]
+fn local_key_rotation_keeps_sessions_and_next_handshake_uses_the_new_key() {
+    let Peers {
+        mut a,
+        mut b,
+        kb,
+        t0,
+        ..
+    } = peers();
+    establish(&mut a, &mut b, t0);
+    let ka2 = Key::generate_private();
+    a.set_local_static(ka2);
+    assert_eq!(a.local_public(), &ka2.public_key());
+    // The established session still carries traffic both ways.
+    let d = net(enc(&mut a, &ipv4(b"after rotation"), t0));
+    assert!(matches!(dec(&mut b, &d, t0), Out::V4(..)));
+    let d = net(enc(&mut b, &ipv4(b"back"), t0));
+    assert!(matches!(dec(&mut a, &d, t0), Out::V4(..)));
+    // b does not know the new key yet: a's next initiation is not for it.
+    let t1 = t0 + REKEY_TIMEOUT + secs(1.0);
+    let mut buf = [0u8; 256];
+    let init = net(own(a.force_handshake(&mut buf, t1)));
+    assert!(matches!(dec(&mut b, &init, t1), Out::Err(_)));
+    // Once b has the new key (a new tunnel, as a netmap update makes), handshakes succeed.
+    let mut b2 = Tunnel::new(kb, ka2.public_key(), None, None, 0x0000_0300, t1);
+    establish(&mut a, &mut b2, t1 + REKEY_TIMEOUT + secs(1.0));
+}
+
 fn full_exchange(psk: Option<Key>) {
     let Peers {
         mut a, mut b, t0, ..

@@ -199,6 +199,18 @@ impl Tunnel {
         }
     }
 
+    /// Switches to a new local static key (node-key rotation) **keeping the established
+    /// sessions**: their keys came from ephemeral exchanges and stay valid until they age out,
+    /// which gives the peer time to learn the new public key. A handshake in flight (made with
+    /// the old key) is abandoned; the next one uses the new key.
+    pub fn set_local_static(&mut self, static_private: Key) {
+        let local = LocalStatic::new(&static_private);
+        self.peer = PeerStatic::new(&local, self.peer.public);
+        self.local_mac1_key = super::cookie::mac1_key(&local.public);
+        self.local = local;
+        self.pending = None;
+    }
+
     /// The peer's static public key.
     pub fn peer_public(&self) -> &Key {
         &self.peer.public
