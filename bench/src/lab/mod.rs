@@ -6,6 +6,7 @@
 //! Everything (processes, namespaces, links, XDP programs) is removed on drop.
 
 pub mod capture;
+pub mod control;
 pub mod netns;
 pub mod node;
 pub mod process;
