@@ -452,6 +452,8 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus)
                 addresses: None,
                 online: None,
                 primary_routes: None,
+                standby_routes: None,
+                os: None,
             })
             .collect(),
         control: None,

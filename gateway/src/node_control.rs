@@ -398,6 +398,14 @@ impl ControlMode {
                 p.addresses = Some(v.addresses.iter().map(|a| a.addr().to_string()).collect());
                 p.online = Some(v.online);
                 p.primary_routes = Some(v.primary_routes().map(|r| r.to_string()).collect());
+                p.standby_routes = Some(
+                    v.routes
+                        .iter()
+                        .filter(|r| r.approved && !r.primary && r.prefix.prefix_len() != 0)
+                        .map(|r| r.prefix.to_string())
+                        .collect(),
+                );
+                p.os = Some(v.os.clone());
             }
         }
     }

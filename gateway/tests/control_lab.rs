@@ -259,6 +259,52 @@ fn control_mode_routes_from_the_netmap_use_longest_prefix_match() {
 }
 
 #[test]
+fn control_server_restarts_lose_no_ping() {
+    require_root();
+    let lab = Lab::new().expect("lab");
+    let dir = TempDir::new("tgctl").unwrap();
+    let mut server = ControlServer::start(&lab, bin(), &dir).expect("control server");
+    let key = server.authkey(&["--reusable"]).unwrap();
+    let mut a = CtlNode::start(&lab, bin(), 1, "").expect("node a");
+    let mut b = CtlNode::start(&lab, bin(), 2, "").expect("node b");
+    a.up(&server, &key, &["--hostname", "alpha"]).expect("up a");
+    b.up(&server, &key, &["--hostname", "bravo"]).expect("up b");
+    a.wait_peers(1).unwrap();
+    b.wait_peers(1).unwrap();
+    let va = a.tailnet_v4().unwrap();
+    b.wait_ping(&va).expect("b → a");
+    for kill9 in [true, false] {
+        let run = ping_around(&b.host.ns, &va, 6, || server.restart(kill9)).unwrap();
+        println!(
+            "control server restart (kill -9: {kill9}): {} sent, {} lost, longest gap {:.0} ms",
+            run.transmitted,
+            run.lost(),
+            longest_gap(&run.times) * 1000.0
+        );
+        assert!(run.transmitted > 300, "ping ran: {run:?}");
+        assert_eq!(run.lost(), 0, "pings lost across the server restart");
+        // The nodes reconnect and the state is intact: same names and addresses.
+        wait_for("both sessions running again", SETTLE, || {
+            let ok = [&a, &b].iter().all(|n| {
+                n.status()
+                    .ok()
+                    .and_then(|s| s.control)
+                    .is_some_and(|c| c.state == "running")
+            });
+            Ok(ok.then_some(()))
+        })
+        .expect("sessions back");
+        assert_eq!(a.tailnet_v4().unwrap(), va);
+        let names = server.admin(&["nodes", "list", "--json"]).unwrap();
+        assert!(
+            names.contains("alpha") && names.contains("bravo"),
+            "{names}"
+        );
+    }
+    let _ = (&mut a, &mut b);
+}
+
+#[test]
 fn node_key_rotation_keeps_the_tunnel_up() {
     require_root();
     let lab = Lab::new().expect("lab");
@@ -275,7 +321,7 @@ fn node_key_rotation_keeps_the_tunnel_up() {
     b.wait_ping(&va).expect("b → a");
     let old_key = a.status().unwrap().public_key;
 
-    let (times, rotated_at) = ping_around(&b.host.ns, &va, 6, || {
+    let run = ping_around(&b.host.ns, &va, 6, || {
         a.cli(&["up", "--login-server", &server.url, "--rotate-key"])
             .map(drop)
             .map_err(|e| anyhow!("up --rotate-key: {e}"))
@@ -292,11 +338,16 @@ fn node_key_rotation_keeps_the_tunnel_up() {
             .then_some(()))
     });
     assert!(seen_by_b.is_ok(), "{seen_by_b:?}");
-    let after = times.iter().filter(|t| **t > rotated_at + 1.0).count();
-    let gap = longest_gap(&times);
+    let after = run
+        .times
+        .iter()
+        .filter(|t| **t > run.event_at + 1.0)
+        .count();
+    let gap = longest_gap(&run.times);
     println!(
-        "node-key rotation: {} replies ({after} more than 1 s after it), longest gap {:.0} ms",
-        times.len(),
+        "node-key rotation: {} replies ({after} more than 1 s after it), {} lost, longest gap {:.0} ms",
+        run.times.len(),
+        run.lost(),
         gap * 1000.0
     );
     assert!(after > 100, "traffic stopped after the rotation");

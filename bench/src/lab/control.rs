@@ -39,7 +39,7 @@ impl Drop for TempDir {
 pub struct ControlServer {
     /// The server process.
     pub process: Process,
-    _host: Host,
+    host: Host,
     bin: PathBuf,
     state: PathBuf,
     /// Its login URL (`tg://…`).
@@ -51,10 +51,21 @@ impl ControlServer {
     pub fn start(lab: &Lab, bin: &Path, dir: &TempDir) -> Result<ControlServer> {
         let host = lab.host(SERVER_INDEX)?;
         let state = dir.0.join("server");
+        let (process, url) = Self::spawn(&host, bin, &state)?;
+        Ok(ControlServer {
+            process,
+            host,
+            bin: bin.to_path_buf(),
+            state,
+            url,
+        })
+    }
+
+    fn spawn(host: &Host, bin: &Path, state: &Path) -> Result<(Process, String)> {
         let listen = format!("{}:7443", host.underlay_v4());
         let mut cmd = host.ns.command(bin.to_str().context("binary path")?);
         cmd.args(["control", "--state-dir"])
-            .arg(&state)
+            .arg(state)
             .args(["serve", "--listen", &listen, "--public-addr", &listen])
             .args(["--offline-grace", "1s", "--keepalive", "1s"])
             .env("RUST_LOG", "info");
@@ -66,13 +77,25 @@ impl ControlServer {
                 .lines()
                 .find_map(|l| l.strip_prefix("login URL: ").map(|u| u.trim().to_string())))
         })?;
-        Ok(ControlServer {
-            process,
-            _host: host,
-            bin: bin.to_path_buf(),
-            state,
-            url,
-        })
+        Ok((process, url))
+    }
+
+    /// Stops the server (`kill -9`, or SIGTERM and a wait) and starts it again on the same
+    /// state directory and address.
+    pub fn restart(&mut self, kill9: bool) -> Result<()> {
+        if kill9 {
+            self.process.signal(libc::SIGKILL);
+        }
+        self.process.stop()?;
+        let (process, url) = Self::spawn(&self.host, &self.bin, &self.state)?;
+        if url != self.url {
+            bail!(
+                "the login URL changed across a restart: {} → {url}",
+                self.url
+            );
+        }
+        self.process = process;
+        Ok(())
     }
 
     /// Runs an admin command; returns stdout or fails with stderr.
@@ -294,14 +317,48 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Pings `dst` from `ns` every 10 ms for `secs` seconds and runs `event` after 2 s. Returns
-/// the reply timestamps (`ping -D`, Unix seconds) and when the event ran.
+/// What [`ping_around`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct PingRun {
+    /// Reply timestamps (`ping -D`, Unix seconds).
+    pub times: Vec<f64>,
+    /// When the event ran (Unix seconds).
+    pub event_at: f64,
+    /// Echo requests sent, from ping's summary.
+    pub transmitted: usize,
+}
+
+impl PingRun {
+    /// Replies after the event.
+    pub fn replies_after(&self) -> usize {
+        self.times.iter().filter(|t| **t > self.event_at).count()
+    }
+
+    /// Requests that got no reply.
+    pub fn lost(&self) -> usize {
+        self.transmitted.saturating_sub(self.times.len())
+    }
+}
+
+/// `N packets transmitted` from ping's summary.
+fn transmitted(out: &str) -> usize {
+    out.lines()
+        .find_map(|l| {
+            l.split(" packets transmitted")
+                .next()
+                .filter(|_| l.contains(" packets transmitted"))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pings `dst` from `ns` every 10 ms for `secs` seconds and runs `event` after 2 s.
 pub fn ping_around(
     ns: &Netns,
     dst: &str,
     secs: u32,
     event: impl FnOnce() -> Result<()>,
-) -> Result<(Vec<f64>, f64)> {
+) -> Result<PingRun> {
     let mut ping = ns
         .command("ping")
         .args([
@@ -340,7 +397,11 @@ pub fn ping_around(
     let _ = ping.wait();
     let out = reader.join().unwrap_or_default();
     outcome?;
-    Ok((reply_times(&out), at))
+    Ok(PingRun {
+        times: reply_times(&out),
+        event_at: at,
+        transmitted: transmitted(&out),
+    })
 }
 
 /// How the primary router fails in an HA trial.
@@ -437,15 +498,14 @@ pub fn ha_failover_trial(bin: &Path, failure: Failure) -> Result<FailoverTrial> 
     if primary != "r1" {
         bail!("r1 (priority 10) should be primary, not {primary}");
     }
-    let (times, failed_at) =
-        ping_around(&client.host.ns, "10.0.50.5", 10, || failure.inflict(&r1))?;
+    let run = ping_around(&client.host.ns, "10.0.50.5", 10, || failure.inflict(&r1))?;
     let primary_after = wait_for("r2 as primary in the netmap", SETTLE, || {
         Ok(client.primary_router()?.filter(|n| n == "r2"))
     })
     .ok();
     let trial = FailoverTrial {
-        gap: longest_gap(&times),
-        replies_after: times.iter().filter(|t| **t > failed_at).count(),
+        gap: longest_gap(&run.times),
+        replies_after: run.replies_after(),
         primary_after,
         standby_log: r2.process.log(),
     };

@@ -98,6 +98,12 @@ pub struct PeerStatus {
     /// Approved subnet routes it is primary for (control mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_routes: Option<Vec<String>>,
+    /// Approved subnet routes it stands by for (control mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_routes: Option<Vec<String>>,
+    /// Its operating system, as it reported it (control mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
 }
 
 impl Status {
@@ -212,13 +218,21 @@ impl Status {
                     Some(false) => " (offline)",
                     None => "",
                 };
-                let _ = writeln!(s, "  name: {n}{online}");
+                let os =
+                    p.os.as_deref()
+                        .filter(|o| !o.is_empty())
+                        .map(|o| format!(", {o}"))
+                        .unwrap_or_default();
+                let _ = writeln!(s, "  name: {n}{online}{os}");
             }
             if let Some(a) = &p.addresses {
                 let _ = writeln!(s, "  addresses: {}", a.join(", "));
             }
             if let Some(r) = p.primary_routes.as_ref().filter(|r| !r.is_empty()) {
                 let _ = writeln!(s, "  primary routes: {}", r.join(", "));
+            }
+            if let Some(r) = p.standby_routes.as_ref().filter(|r| !r.is_empty()) {
+                let _ = writeln!(s, "  standby routes: {}", r.join(", "));
             }
             if let Some(e) = p.endpoint {
                 let _ = writeln!(s, "  endpoint: {e}");
