@@ -1080,6 +1080,33 @@ fn snat_off_keeps_the_tailnet_source() {
     });
 }
 
+/// The seed's example in the BPF LPM trie: router A's 10.0.0.0/16 and router B's
+/// 10.0.1.0/24 (told apart by their routing tables) — 10.0.1.5 matches B, 10.0.2.5 matches A.
+#[test]
+fn longest_prefix_wins_in_the_bpf_map() {
+    skip_unless_able!();
+    let mut xdp = XdpForward::load(&ForwardOptions::default()).expect("load");
+    let a = ForwardRoute {
+        prefix: "10.0.0.0/16".parse().unwrap(),
+        table: 100,
+    };
+    let b = ForwardRoute {
+        prefix: "10.0.1.0/24".parse().unwrap(),
+        table: 200,
+    };
+    xdp.set_routes(&[a, b]).unwrap();
+    let at = |s: &str| xdp.lookup_v4(s.parse().unwrap()).unwrap();
+    assert_eq!(at("10.0.1.5"), Some(200), "the /24 wins");
+    assert_eq!(at("10.0.2.5"), Some(100), "the /16 covers the rest");
+    assert_eq!(at("10.1.0.1"), None);
+    // Withdrawing B hands its addresses back to A.
+    xdp.set_routes(&[a]).unwrap();
+    assert_eq!(
+        xdp.lookup_v4("10.0.1.5".parse().unwrap()).unwrap(),
+        Some(100)
+    );
+}
+
 #[test]
 fn connections_expire() {
     skip_unless_able!();

@@ -881,6 +881,17 @@ impl XdpForward {
             .collect()
     }
 
+    /// The routing table of the advertised IPv4 route that serves `addr`: the longest
+    /// matching prefix, looked up in the kernel's LPM trie exactly as `tun_forward` does.
+    /// `None` when no advertised route covers it.
+    pub fn lookup_v4(&self, addr: Ipv4Addr) -> Result<Option<u32>, ForwardError> {
+        match self.maps.adv_v4.get(&LpmKey::new(32, addr.octets()), 0) {
+            Ok(v) => Ok(Some(u32::from_be_bytes(v.table))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(FWD_ADV_V4_MAP)(e)),
+        }
+    }
+
     /// The settings in effect (with the seed that was chosen).
     pub fn options(&self) -> &ForwardOptions {
         &self.opts
