@@ -131,17 +131,18 @@ impl Routing {
             dev.set_via(&prefs.via, &served);
         }
         self.status.forwarding_path = self.describe_path(&prefs);
-        self.status.fast_path = self.fast.status();
     }
 
     fn describe_path(&self, prefs: &RoutingPrefs) -> String {
         if !prefs.is_router() {
             return "not a router".into();
         }
-        format!(
-            "{}; everything else: kernel forwarding + nftables masquerade, 4via6 in userspace",
-            self.fast.summary()
-        )
+        const KERNEL: &str = "kernel forwarding + nftables masquerade, 4via6 in userspace";
+        if self.fast.is_active() {
+            format!("{}; the rest: {KERNEL}", self.fast.summary())
+        } else {
+            format!("{KERNEL} (XDP fast path {})", self.fast.summary())
+        }
     }
 
     /// Applies `prefs`: device routing (accepted routes, exit node, 4via6), TUN routes,
@@ -177,7 +178,7 @@ impl Routing {
             Vec::new()
         };
 
-        if prefs.is_router() || self.fast.status().active {
+        if prefs.is_router() || self.fast.is_active() {
             self.fast.apply(&prefs).await;
         }
         dev.set_via(&prefs.via, &self.fast.served_via());

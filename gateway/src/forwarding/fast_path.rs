@@ -213,6 +213,11 @@ impl FastPath {
             .collect()
     }
 
+    /// Whether the programs are loaded and attached.
+    pub fn is_active(&self) -> bool {
+        self.xdp.is_some()
+    }
+
     /// A one-line summary for `tailgate status`.
     pub fn summary(&self) -> String {
         if let Some(why) = &self.off {
