@@ -125,9 +125,11 @@ pub struct InterfaceConfig {
     pub xdp: XdpMode,
     /// Interface to attach `wan_ingress` to; by default the one routing toward the peers.
     pub xdp_interface: Option<String>,
-    /// The LAN interface of a subnet router (XDP forwarding); by default the one that holds
-    /// the first advertised route.
+    /// The only LAN interface the XDP fast path forwards to; by default every interface the
+    /// advertised routes go out of.
     pub lan_interface: Option<String>,
+    /// Where to serve `/metrics` and `/healthz` (HTTP), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One `[[peer]]` table, validated.
@@ -192,6 +194,7 @@ struct RawInterface {
     xdp: XdpMode,
     xdp_interface: Option<String>,
     lan_interface: Option<String>,
+    metrics_listen: Option<String>,
     #[serde(default)]
     advertise_routes: Vec<String>,
     snat_subnet_routes: Option<bool>,
@@ -403,6 +406,20 @@ fn validate_interface(
             validate_ifname(x).map_err(|p| err(key, p))?;
         }
     }
+    let metrics_listen = raw
+        .metrics_listen
+        .as_deref()
+        .map(|a| {
+            a.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    "metrics_listen",
+                    format!(
+                        "{a:?} is not an address:port (e.g. \"127.0.0.1:9002\" or \"[::]:9002\")"
+                    ),
+                )
+            })
+        })
+        .transpose()?;
     Ok(InterfaceConfig {
         name: raw.name,
         private_key,
@@ -412,6 +429,7 @@ fn validate_interface(
         xdp: raw.xdp,
         xdp_interface: raw.xdp_interface,
         lan_interface: raw.lan_interface,
+        metrics_listen,
     })
 }
 

@@ -35,6 +35,8 @@ pub struct DaemonOptions {
     pub no_offload: bool,
     /// XDP attach mode overriding `interface.xdp`.
     pub xdp: Option<XdpMode>,
+    /// Where to serve `/metrics` and `/healthz`, overriding `interface.metrics_listen`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The XDP program, or why there is none.
@@ -101,6 +103,11 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         )
     });
 
+    let metrics_addr = opts.metrics_listen.or(iface.metrics_listen);
+    let metrics_listener = match metrics_addr {
+        Some(a) => Some(crate::metrics::bind(a).await?),
+        None => None,
+    };
     let (_uapi_file, uapi_listener) = BoundSocket::bind(&uapi::server::socket_path(&iface.name))?;
     let (_api_file, api_listener) = BoundSocket::bind(&opts.socket)?;
     log::info!(
@@ -129,6 +136,22 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         mtu: iface.mtu,
         control: control.clone(),
     };
+    if let Some(listener) = metrics_listener {
+        let api = api.clone();
+        log::info!(
+            "serving /metrics and /healthz on {}",
+            listener.local_addr()?
+        );
+        tasks.spawn(async_ok(crate::metrics::serve(listener, move || {
+            let api = api.clone();
+            async move {
+                match api.answer(Request::Status).await {
+                    Response::Status(st) => Some(*st),
+                    _ => None,
+                }
+            }
+        })));
+    }
     tasks.spawn(async_ok(crate::api::serve(api_listener, move |req| {
         let api = api.clone();
         async move { api.answer(req).await }
@@ -212,7 +235,14 @@ fn fast_path(
         XdpMode::Generic => AttachPreference::Generic,
         XdpMode::Auto | XdpMode::Off => AttachPreference::Auto,
     };
-    FastPath::new(&cfg.interface.name, netlink.clone(), wan, off, pref)
+    FastPath::new(
+        &cfg.interface.name,
+        netlink.clone(),
+        wan,
+        cfg.interface.lan_interface.clone(),
+        off,
+        pref,
+    )
 }
 
 /// Attaches `wan_ingress` where the tunnel's UDP traffic arrives, or explains why not.

@@ -11,6 +11,7 @@ pub mod device;
 pub mod forwarding;
 pub mod io;
 pub mod liveness;
+pub mod metrics;
 pub mod nat;
 pub mod netcfg;
 pub mod node_control;

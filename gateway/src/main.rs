@@ -43,6 +43,10 @@ enum Command {
         /// syscall, as wireguard-go does. For comparison and troubleshooting.
         #[arg(long, env = "TG_NO_OFFLOAD")]
         no_offload: bool,
+        /// Serve Prometheus `/metrics` and `/healthz` (200 when up and, in control mode,
+        /// connected; 503 with the reason otherwise) on this address, e.g. [::]:9002.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Show the interface, peers, handshakes, transfer and data-path mode of the running daemon.
     Status {
@@ -119,12 +123,14 @@ fn run(cli: Cli) -> Result<()> {
             no_xdp,
             xdp,
             no_offload,
+            metrics_listen,
         } => runtime()?.block_on(daemon::run(DaemonOptions {
             config,
             socket: cli.socket,
             no_xdp,
             no_offload,
             xdp,
+            metrics_listen,
         })),
         Command::Status { json } => {
             let response = runtime()?.block_on(api::request(&cli.socket, &Request::Status))?;

@@ -242,6 +242,7 @@ impl ControlMode {
                 addresses: addresses.iter().map(|a| a.addr().to_string()).collect(),
                 error: None,
                 netmap_version: None,
+                failovers: v.status.failovers,
             };
             v.key_expiry = reg.key_expiry;
             v.last_up = Some(UpRequest {
@@ -542,8 +543,17 @@ async fn pump(
                 handle.set_health(h);
             }
             silent = next_change(&mut tunnel) => {
-                *lock(&mode.silent) = silent;
-                let nm = lock(&mode.view).netmap.clone();
+                let newly = {
+                    let mut s = lock(&mode.silent);
+                    let newly = silent.difference(&s).count() as u64;
+                    *s = silent;
+                    newly
+                };
+                let nm = {
+                    let mut v = lock(&mode.view);
+                    v.status.failovers += newly;
+                    v.netmap.clone()
+                };
                 if let Some(nm) = nm {
                     mode.apply_netmap(&nm).await;
                 }

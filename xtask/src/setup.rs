@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "ethtool",
     "nftables",
+    // promtool checks the /metrics exposition.
+    "prometheus",
 ];
 
 /// Tools installed with `cargo install`: (binary, crate, version, extra args, PATH prefix).

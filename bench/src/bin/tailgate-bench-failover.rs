@@ -115,7 +115,9 @@ fn main() -> Result<()> {
         bail!("{} is not a file", tailgate.display());
     }
     if !lab::is_root() {
-        bail!("the benchmark creates network namespaces: run it as root (cargo xtask bench failover)");
+        bail!(
+            "the benchmark creates network namespaces: run it as root (cargo xtask bench failover)"
+        );
     }
     let started = Instant::now();
     println!(
@@ -176,7 +178,11 @@ fn main() -> Result<()> {
     doc.push_str(&t);
     let failures: Vec<String> = rows
         .iter()
-        .flat_map(|r| r.failed.iter().map(move |f| format!("- {}: {f}", r.failure.label())))
+        .flat_map(|r| {
+            r.failed
+                .iter()
+                .map(move |f| format!("- {}: {f}", r.failure.label()))
+        })
         .collect();
     if !failures.is_empty() {
         doc.push_str("\nFailed trials:\n\n");

@@ -52,6 +52,10 @@ pub struct ControlStatus {
     pub error: Option<String>,
     /// Version of the netmap in force.
     pub netmap_version: Option<u64>,
+    /// Primary routers this client found silent and routed around (before the server's
+    /// netmap moved their routes).
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 /// State of the `wan_ingress` XDP program.

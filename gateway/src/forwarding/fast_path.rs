@@ -69,6 +69,8 @@ pub struct FastPath {
     netlink: Netlink,
     /// Where `wan_ingress` runs (cannot also carry `lan_return`).
     wan: Option<String>,
+    /// `interface.lan_interface`: the only interface XDP may forward to, if set.
+    lan_only: Option<String>,
     /// Set when the fast path must not be used at all (`--no-xdp`, load failure).
     off: Option<String>,
     lan_attach: AttachPreference,
@@ -78,11 +80,13 @@ pub struct FastPath {
 }
 
 impl FastPath {
-    /// A fast path for TUN `tun`; `off` says why it must stay off (nothing is loaded then).
+    /// A fast path for TUN `tun`; `off` says why it must stay off (nothing is loaded then);
+    /// `lan_only` restricts it to one LAN interface.
     pub fn new(
         tun: &str,
         netlink: Netlink,
         wan: Option<String>,
+        lan_only: Option<String>,
         off: Option<String>,
         lan_attach: AttachPreference,
     ) -> FastPath {
@@ -90,6 +94,7 @@ impl FastPath {
             tun: tun.to_string(),
             netlink,
             wan,
+            lan_only,
             off,
             lan_attach,
             xdp: None,
@@ -117,7 +122,13 @@ impl FastPath {
             };
             resolved.insert(*c, r);
         }
-        let layout = plan(&candidates, &resolved, &self.tun, self.wan.as_deref());
+        let layout = plan(
+            &candidates,
+            &resolved,
+            &self.tun,
+            self.wan.as_deref(),
+            self.lan_only.as_deref(),
+        );
         if let Err(e) = self.install(&layout) {
             log::warn!("XDP forwarding disabled: {e}; the kernel path forwards everything");
             self.xdp = None;
@@ -330,6 +341,7 @@ fn plan(
     resolved: &BTreeMap<Candidate, Result<Resolved, String>>,
     tun: &str,
     wan: Option<&str>,
+    lan_only: Option<&str>,
 ) -> Layout {
     let mut layout = Layout::default();
     for c in candidates {
@@ -341,6 +353,11 @@ fn plan(
             Some(Ok(r)) if Some(r.ifname.as_str()) == wan => Err(format!(
                 "{} also carries the tunnel (wan_ingress runs there)",
                 r.ifname
+            )),
+            Some(Ok(r)) if lan_only.is_some_and(|l| l != r.ifname) => Err(format!(
+                "routed via {}, not the configured lan_interface {}",
+                r.ifname,
+                lan_only.unwrap_or_default()
             )),
             Some(Ok(r)) => match layout.lan.get(&r.ifname) {
                 Some(a) if *a != r.source => Err(format!(
@@ -431,7 +448,7 @@ mod tests {
         .into_iter()
         .collect();
         let all = [lan, via, tunneled, wan, missing];
-        let l = plan(&all, &resolved, "tailgate0", Some("eth0"));
+        let l = plan(&all, &resolved, "tailgate0", Some("eth0"), None);
         assert_eq!(l.served, vec![lan.advertised, via.advertised]);
         assert_eq!(l.lan.len(), 2);
         assert_eq!(l.lan["eth1"], Ipv4Addr::new(192, 168, 1, 1));
@@ -458,8 +475,16 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let l = plan(&[a, b], &resolved, "tailgate0", None);
+        let l = plan(&[a, b], &resolved, "tailgate0", None, None);
         assert_eq!(l.served, vec![a.advertised]);
         assert!(l.kernel[0].1.contains("another route"), "{:?}", l.kernel);
+        // With lan_interface set, other interfaces stay on the kernel path.
+        let l = plan(&[a], &resolved, "tailgate0", None, Some("eth2"));
+        assert!(l.served.is_empty());
+        assert!(
+            l.kernel[0].1.contains("lan_interface eth2"),
+            "{:?}",
+            l.kernel
+        );
     }
 }
