@@ -6,6 +6,12 @@
 //! - `demo`:  setup + build + a lab of namespaces with two tailgate nodes and one wireguard-go
 //! - `bench tunnel [--quick] [--out PATH]`: setup + build + the tunnel benchmark (tailgate vs
 //!   veth, wireguard-go and boringtun-cli), written to `docs/benchmarks.md` by default
+//! - `bench forward [--quick] [--out PATH]`: setup + build + the forwarding benchmark (a subnet
+//!   router's XDP path vs its nftables path, LPM tables with 1,000,000 prefixes), written to
+//!   `docs/benchmarks-forward.md` by default
+//! - `bench failover [--quick] [--trials N] [--out PATH]`: setup + build + the HA failover
+//!   benchmark (kill -9, WAN link down, LAN probe failing; 20 trials each), written to
+//!   `docs/benchmarks-failover.md` by default
 
 mod ebpf;
 mod setup;
@@ -58,6 +64,42 @@ enum Bench {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// Packets per second and TCP throughput through a subnet router with the XDP fast path
+    /// vs the nftables path (same topology, same run, with the ratios), the router stage
+    /// alone, and longest-prefix-match tables with 1,000,000 prefixes.
+    Forward {
+        /// One run of 2 s per end-to-end figure instead of the median of 3 runs of 5 s.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the Markdown report [default: docs/benchmarks-forward.md in the
+        /// workspace].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+    /// HA failover: two routers for one prefix behind a control server, a client pinging a
+    /// LAN host every 10 ms, the primary killed (-9), cut off (WAN link down) or with a failing
+    /// LAN probe; median and worst gap per kind.
+    Failover {
+        /// 3 trials per failure kind instead of 20.
+        #[arg(long)]
+        quick: bool,
+        /// Trials per failure kind [default: 20].
+        #[arg(long, value_name = "N")]
+        trials: Option<usize>,
+        /// Where to write the Markdown report [default: docs/benchmarks-failover.md in the
+        /// workspace].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `--out` resolved against where the user ran xtask, else `default` in the workspace.
+fn report_path(root: &Path, out: Option<PathBuf>, default: &str) -> Result<PathBuf> {
+    Ok(match out {
+        Some(p) if p.is_relative() => std::env::current_dir()?.join(p),
+        Some(p) => p,
+        None => root.join(default),
+    })
 }
 
 fn main() -> Result<()> {
@@ -89,18 +131,15 @@ fn main() -> Result<()> {
                     "--",
                 ],
             )
+            // The lab links the tailgate library: build it with the same eBPF object.
+            .env("TAILGATE_EBPF_OBJ", ebpf::build_ebpf(&root, true)?)
             .arg(&bin)
             .status_ok()
         }
         Task::Bench {
             bench: Bench::Tunnel { quick, out },
         } => {
-            // Resolve a relative --out against where the user ran xtask, not the workspace.
-            let out = match out {
-                Some(p) if p.is_relative() => std::env::current_dir()?.join(p),
-                Some(p) => p,
-                None => root.join("docs/benchmarks.md"),
-            };
+            let out = report_path(&root, out, "docs/benchmarks.md")?;
             setup::run()?;
             let bin = build(&root)?;
             let mut cmd = cargo(
@@ -116,8 +155,65 @@ fn main() -> Result<()> {
                     "--",
                 ],
             );
+            cmd.env("TAILGATE_EBPF_OBJ", ebpf::build_ebpf(&root, true)?);
             if quick {
                 cmd.arg("--quick");
+            }
+            cmd.arg("--out").arg(&out).arg(&bin).status_ok()
+        }
+        Task::Bench {
+            bench: Bench::Forward { quick, out },
+        } => {
+            let out = report_path(&root, out, "docs/benchmarks-forward.md")?;
+            setup::run()?;
+            let bin = build(&root)?;
+            let object = ebpf::build_ebpf(&root, true)?;
+            let mut cmd = cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "tailgate-bench",
+                    "--bin",
+                    "tailgate-bench-forward",
+                    "--",
+                ],
+            );
+            // The benchmark loads the XDP programs itself (LPM trie, router stage).
+            cmd.env("TAILGATE_EBPF_OBJ", &object);
+            if quick {
+                cmd.arg("--quick");
+            }
+            cmd.arg("--out").arg(&out).arg(&bin).status_ok()
+        }
+        Task::Bench {
+            bench: Bench::Failover { quick, trials, out },
+        } => {
+            let out = report_path(&root, out, "docs/benchmarks-failover.md")?;
+            setup::run()?;
+            let bin = build(&root)?;
+            let object = ebpf::build_ebpf(&root, true)?;
+            let mut cmd = cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "tailgate-bench",
+                    "--bin",
+                    "tailgate-bench-failover",
+                    "--",
+                ],
+            );
+            cmd.env("TAILGATE_EBPF_OBJ", &object);
+            if quick {
+                cmd.arg("--quick");
+            }
+            if let Some(n) = trials {
+                cmd.arg("--trials").arg(n.to_string());
             }
             cmd.arg("--out").arg(&out).arg(&bin).status_ok()
         }
