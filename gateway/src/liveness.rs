@@ -37,10 +37,10 @@ impl ProbeTiming {
         silence: Duration::from_millis(300),
         recovery: Duration::from_secs(2),
     };
-    /// A router's LAN health target.
+    /// A router's LAN health target: a dead LAN is reported within 300 ms.
     pub const LAN_HEALTH: ProbeTiming = ProbeTiming {
-        interval: Duration::from_millis(100),
-        silence: Duration::from_millis(400),
+        interval: Duration::from_millis(50),
+        silence: Duration::from_millis(300),
         recovery: Duration::from_secs(1),
     };
 }

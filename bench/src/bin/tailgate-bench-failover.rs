@@ -171,7 +171,7 @@ fn main() -> Result<()> {
          * **WAN link down**: the client's probes through the tunnel (every 50 ms) find the \
          primary silent after 300 ms and switch to the standby before the server notices.\n\
          * **LAN probe fails**: the LAN host stops answering; the router's health probe \
-         (every 100 ms) reports the LAN unhealthy after 400 ms and the server moves the \
+         (every 50 ms) reports the LAN unhealthy after 300 ms and the server moves the \
          route.\n\n\
          Goal: worst ≤ 1000 ms, median ≤ 500 ms.\n\n",
     );
