@@ -1,6 +1,7 @@
 //! The tailgate lab: network namespaces with real WireGuard implementations, shared by the
 //! demo, the integration tests and the benchmarks.
 
+pub mod args;
 pub mod forward_bench;
 pub mod lab;
 pub mod transfer;

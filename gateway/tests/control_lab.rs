@@ -258,21 +258,28 @@ fn control_mode_routes_from_the_netmap_use_longest_prefix_match() {
     );
 }
 
-#[test]
-fn control_server_restarts_lose_no_ping() {
-    require_root();
-    let lab = Lab::new().expect("lab");
-    let dir = TempDir::new("tgctl").unwrap();
-    let mut server = ControlServer::start(&lab, bin(), &dir).expect("control server");
+/// A control server and two nodes, alpha and bravo, that reach each other; returns alpha's
+/// tailnet IPv4 address too.
+fn two_nodes(lab: &Lab, dir: &TempDir) -> (ControlServer, CtlNode, CtlNode, String) {
+    let server = ControlServer::start(lab, bin(), dir).expect("control server");
     let key = server.authkey(&["--reusable"]).unwrap();
-    let mut a = CtlNode::start(&lab, bin(), 1, "").expect("node a");
-    let mut b = CtlNode::start(&lab, bin(), 2, "").expect("node b");
+    let mut a = CtlNode::start(lab, bin(), 1, "").expect("node a");
+    let mut b = CtlNode::start(lab, bin(), 2, "").expect("node b");
     a.up(&server, &key, &["--hostname", "alpha"]).expect("up a");
     b.up(&server, &key, &["--hostname", "bravo"]).expect("up b");
     a.wait_peers(1).unwrap();
     b.wait_peers(1).unwrap();
     let va = a.tailnet_v4().unwrap();
     b.wait_ping(&va).expect("b → a");
+    (server, a, b, va)
+}
+
+#[test]
+fn control_server_restarts_lose_no_ping() {
+    require_root();
+    let lab = Lab::new().expect("lab");
+    let dir = TempDir::new("tgctl").unwrap();
+    let (mut server, mut a, mut b, va) = two_nodes(&lab, &dir);
     for kill9 in [true, false] {
         let run = ping_around(&b.host.ns, &va, 6, || server.restart(kill9)).unwrap();
         println!(
@@ -309,16 +316,7 @@ fn node_key_rotation_keeps_the_tunnel_up() {
     require_root();
     let lab = Lab::new().expect("lab");
     let dir = TempDir::new("tgctl").unwrap();
-    let server = ControlServer::start(&lab, bin(), &dir).expect("control server");
-    let key = server.authkey(&["--reusable"]).unwrap();
-    let mut a = CtlNode::start(&lab, bin(), 1, "").expect("node a");
-    let mut b = CtlNode::start(&lab, bin(), 2, "").expect("node b");
-    a.up(&server, &key, &["--hostname", "alpha"]).expect("up a");
-    b.up(&server, &key, &["--hostname", "bravo"]).expect("up b");
-    a.wait_peers(1).unwrap();
-    b.wait_peers(1).unwrap();
-    let va = a.tailnet_v4().unwrap();
-    b.wait_ping(&va).expect("b → a");
+    let (server, mut a, mut b, va) = two_nodes(&lab, &dir);
     let old_key = a.status().unwrap().public_key;
 
     let run = ping_around(&b.host.ns, &va, 6, || {

@@ -118,97 +118,36 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::run()?;
             let bin = build(&root)?;
-            cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "tailgate-bench",
-                    "--bin",
-                    "tailgate-demo",
-                    "--",
-                ],
-            )
-            // The lab links the tailgate library: build it with the same eBPF object.
-            .env("TAILGATE_EBPF_OBJ", ebpf::build_ebpf(&root, true)?)
-            .arg(&bin)
-            .status_ok()
+            lab_binary(&root, "tailgate-demo")?.arg(&bin).status_ok()
         }
-        Task::Bench {
-            bench: Bench::Tunnel { quick, out },
-        } => {
-            let out = report_path(&root, out, "docs/benchmarks.md")?;
-            setup::run()?;
-            let bin = build(&root)?;
-            let mut cmd = cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "tailgate-bench",
-                    "--bin",
+        Task::Bench { bench } => {
+            let (name, default_out, quick, trials, out) = match bench {
+                Bench::Tunnel { quick, out } => (
                     "tailgate-bench-tunnel",
-                    "--",
-                ],
-            );
-            cmd.env("TAILGATE_EBPF_OBJ", ebpf::build_ebpf(&root, true)?);
-            if quick {
-                cmd.arg("--quick");
-            }
-            cmd.arg("--out").arg(&out).arg(&bin).status_ok()
-        }
-        Task::Bench {
-            bench: Bench::Forward { quick, out },
-        } => {
-            let out = report_path(&root, out, "docs/benchmarks-forward.md")?;
-            setup::run()?;
-            let bin = build(&root)?;
-            let object = ebpf::build_ebpf(&root, true)?;
-            let mut cmd = cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "tailgate-bench",
-                    "--bin",
+                    "docs/benchmarks.md",
+                    quick,
+                    None,
+                    out,
+                ),
+                Bench::Forward { quick, out } => (
                     "tailgate-bench-forward",
-                    "--",
-                ],
-            );
-            // The benchmark loads the XDP programs itself (LPM trie, router stage).
-            cmd.env("TAILGATE_EBPF_OBJ", &object);
-            if quick {
-                cmd.arg("--quick");
-            }
-            cmd.arg("--out").arg(&out).arg(&bin).status_ok()
-        }
-        Task::Bench {
-            bench: Bench::Failover { quick, trials, out },
-        } => {
-            let out = report_path(&root, out, "docs/benchmarks-failover.md")?;
+                    "docs/benchmarks-forward.md",
+                    quick,
+                    None,
+                    out,
+                ),
+                Bench::Failover { quick, trials, out } => (
+                    "tailgate-bench-failover",
+                    "docs/benchmarks-failover.md",
+                    quick,
+                    trials,
+                    out,
+                ),
+            };
+            let out = report_path(&root, out, default_out)?;
             setup::run()?;
             let bin = build(&root)?;
-            let object = ebpf::build_ebpf(&root, true)?;
-            let mut cmd = cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "tailgate-bench",
-                    "--bin",
-                    "tailgate-bench-failover",
-                    "--",
-                ],
-            );
-            cmd.env("TAILGATE_EBPF_OBJ", &object);
+            let mut cmd = lab_binary(&root, name)?;
             if quick {
                 cmd.arg("--quick");
             }
@@ -218,6 +157,26 @@ fn main() -> Result<()> {
             cmd.arg("--out").arg(&out).arg(&bin).status_ok()
         }
     }
+}
+
+/// `cargo run` of a binary of the lab crate. The lab links the tailgate library (and some
+/// benchmarks load the XDP programs themselves), so it is built with the same eBPF object.
+fn lab_binary(root: &Path, name: &str) -> Result<Command> {
+    let mut cmd = cargo(
+        root,
+        &[
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "tailgate-bench",
+            "--bin",
+            name,
+            "--",
+        ],
+    );
+    cmd.env("TAILGATE_EBPF_OBJ", ebpf::build_ebpf(root, true)?);
+    Ok(cmd)
 }
 
 fn workspace_root() -> PathBuf {

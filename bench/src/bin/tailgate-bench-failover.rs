@@ -9,11 +9,10 @@
 //! root; `cargo xtask bench failover` builds tailgate and runs this).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
-use tailgate_bench::lab;
+use anyhow::{anyhow, Result};
+use tailgate_bench::args::BenchArgs;
 use tailgate_bench::lab::control::{ha_failover_trial, Failure};
 
 const USAGE: &str =
@@ -81,44 +80,20 @@ fn table(rows: &[Row]) -> String {
 }
 
 fn main() -> Result<()> {
-    let mut trials = TRIALS;
-    let mut out = PathBuf::from("docs/benchmarks-failover.md");
-    let mut tailgate = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => trials = QUICK_TRIALS,
-            "--trials" => {
-                trials = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| anyhow!("--trials needs a positive number"))?
-            }
-            "--out" => {
-                out = args
-                    .next()
-                    .ok_or_else(|| anyhow!("--out needs a path"))?
-                    .into()
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
-            s if tailgate.is_none() => tailgate = Some(PathBuf::from(s)),
-            s => bail!("unexpected argument {s}\n{USAGE}"),
-        }
-    }
-    let tailgate = tailgate.ok_or_else(|| anyhow!(USAGE))?;
-    if !tailgate.is_file() {
-        bail!("{} is not a file", tailgate.display());
-    }
-    if !lab::is_root() {
-        bail!(
-            "the benchmark creates network namespaces: run it as root (cargo xtask bench failover)"
-        );
-    }
+    let Some(args) = BenchArgs::from_env(USAGE, "docs/benchmarks-failover.md", &[], &["--trials"])?
+    else {
+        return Ok(());
+    };
+    let trials = match args.value("--trials") {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| anyhow!("--trials needs a positive number, not {n:?}"))?,
+        None if args.quick => QUICK_TRIALS,
+        None => TRIALS,
+    };
+    let (out, tailgate) = (args.out, args.tailgate);
     let started = Instant::now();
     println!(
         "== HA failover benchmark: {trials} trial(s) per failure kind, a fresh lab each \

@@ -6,11 +6,10 @@
 //! Usage: `tailgate-bench-forward [--quick] [--out PATH] PATH/TO/tailgate` (as root;
 //! `cargo xtask bench forward [--quick] [--out PATH]` builds tailgate and runs this).
 
-use std::path::PathBuf;
-
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use tailgate_bench::args::BenchArgs;
 use tailgate_bench::forward_bench::{self, Mode, Settings};
-use tailgate_bench::{lab, tunnel_bench};
+use tailgate_bench::tunnel_bench;
 
 const USAGE: &str = "usage: tailgate-bench-forward [--quick] [--out PATH] PATH/TO/tailgate";
 
@@ -19,40 +18,17 @@ fn main() -> Result<()> {
     if let Some(v) = tunnel_bench::clear_mtu_override() {
         println!("note: ignoring TS_DEBUG_MTU={v}: every tunnel runs at MTU 1280");
     }
-    let mut mode = Mode::Full;
-    let mut out = PathBuf::from("docs/benchmarks-forward.md");
-    let mut tailgate = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => mode = Mode::Quick,
-            // Not in the usage: the shortest run that still produces every figure (tests).
-            "--smoke" => mode = Mode::Smoke,
-            "--out" => {
-                out = args
-                    .next()
-                    .ok_or_else(|| anyhow!("--out needs a path"))?
-                    .into()
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
-            s if tailgate.is_none() => tailgate = Some(PathBuf::from(s)),
-            s => bail!("unexpected argument {s}\n{USAGE}"),
-        }
-    }
-    let tailgate = tailgate.ok_or_else(|| anyhow!(USAGE))?;
-    if !tailgate.is_file() {
-        bail!("{} is not a file", tailgate.display());
-    }
-    if !lab::is_root() {
-        bail!(
-            "the benchmark creates network namespaces and loads XDP programs: run it as root \
-             (cargo xtask bench forward)"
-        );
-    }
+    // `--smoke` (not in the usage): the shortest run that still produces every figure (tests).
+    let Some(args) = BenchArgs::from_env(USAGE, "docs/benchmarks-forward.md", &["--smoke"], &[])?
+    else {
+        return Ok(());
+    };
+    let mode = match (args.has("--smoke"), args.quick) {
+        (true, _) => Mode::Smoke,
+        (false, true) => Mode::Quick,
+        (false, false) => Mode::Full,
+    };
+    let (out, tailgate) = (args.out, args.tailgate);
     if !tailgate::xdp::ebpf_object_embedded() {
         bail!(
             "this benchmark was built without the eBPF object (TAILGATE_EBPF_OBJ): run it \

@@ -6,10 +6,8 @@
 //! Usage: `tailgate-bench-tunnel [--quick] [--out PATH] PATH/TO/tailgate` (as root;
 //! `cargo xtask bench tunnel [--quick] [--out PATH]` builds tailgate and runs this).
 
-use std::path::PathBuf;
-
-use anyhow::{anyhow, bail, Context, Result};
-use tailgate_bench::lab;
+use anyhow::{bail, Context, Result};
+use tailgate_bench::args::BenchArgs;
 use tailgate_bench::tunnel_bench::{self, Machine, Settings};
 
 const USAGE: &str = "usage: tailgate-bench-tunnel [--quick] [--out PATH] PATH/TO/tailgate";
@@ -19,37 +17,10 @@ fn main() -> Result<()> {
     if let Some(v) = tunnel_bench::clear_mtu_override() {
         println!("note: ignoring TS_DEBUG_MTU={v}: every tunnel runs at MTU 1280");
     }
-    let mut quick = false;
-    let mut out = PathBuf::from("docs/benchmarks.md");
-    let mut tailgate = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--out" => {
-                out = args
-                    .next()
-                    .ok_or_else(|| anyhow!("--out needs a path"))?
-                    .into()
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
-            s if tailgate.is_none() => tailgate = Some(PathBuf::from(s)),
-            s => bail!("unexpected argument {s}\n{USAGE}"),
-        }
-    }
-    let tailgate = tailgate.ok_or_else(|| anyhow!(USAGE))?;
-    if !tailgate.is_file() {
-        bail!("{} is not a file", tailgate.display());
-    }
-    if !lab::is_root() {
-        bail!(
-            "the benchmark creates network namespaces: run it as root (cargo xtask bench tunnel)"
-        );
-    }
+    let Some(args) = BenchArgs::from_env(USAGE, "docs/benchmarks.md", &[], &[])? else {
+        return Ok(());
+    };
+    let (quick, out, tailgate) = (args.quick, args.out, args.tailgate);
 
     tunnel_bench::install_interrupt_handler();
     let settings = Settings { tailgate, quick };

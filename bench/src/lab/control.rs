@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{unique_name, veth, wait_for, Host, Lab, Netns, Process};
+use super::{lan_namespace, unique_name, wait_for, Host, Lab, Netns, Process};
 
 /// Bound for a node to get its netmap and its peers to answer.
 pub const SETTLE: Duration = Duration::from_secs(20);
@@ -246,17 +246,7 @@ impl CtlNode {
     /// A LAN host behind this node: `router_cidr` on the node's `lan_if`, `host_cidr` on the
     /// host, default route via the node.
     pub fn lan_host(&mut self, lan_if: &str, router_cidr: &str, host_cidr: &str) -> Result<()> {
-        let ns = Netns::new("tglan")?;
-        veth(
-            &self.host.ns,
-            lan_if,
-            &[router_cidr],
-            &ns,
-            "eth1",
-            &[host_cidr],
-        )?;
-        let gw = router_cidr.split('/').next().unwrap_or(router_cidr);
-        ns.ip(&["route", "add", "default", "via", gw])?;
+        let ns = lan_namespace(&self.host.ns, lan_if, router_cidr, host_cidr)?;
         self.lans.push(ns);
         Ok(())
     }

@@ -129,20 +129,26 @@ impl Lab {
         router_cidr: &str,
         host_cidr: &str,
     ) -> Result<usize> {
-        let ns = Netns::new("tglan")?;
-        veth(
-            &self.nodes[node].host.ns,
-            lan_if,
-            &[router_cidr],
-            &ns,
-            "eth1",
-            &[host_cidr],
-        )?;
-        let gateway = router_cidr.split('/').next().unwrap_or(router_cidr);
-        ns.ip(&["route", "add", "default", "via", gateway])?;
+        let ns = lan_namespace(&self.nodes[node].host.ns, lan_if, router_cidr, host_cidr)?;
         self.lan_hosts.push(ns);
         Ok(self.lan_hosts.len() - 1)
     }
+}
+
+/// A new namespace joined to `router` by a veth (`lan_if` on the router side with
+/// `router_cidr`, `eth1` in the new namespace with `host_cidr`), with a default route via the
+/// router.
+pub fn lan_namespace(
+    router: &Netns,
+    lan_if: &str,
+    router_cidr: &str,
+    host_cidr: &str,
+) -> Result<Netns> {
+    let ns = Netns::new("tglan")?;
+    veth(router, lan_if, &[router_cidr], &ns, "eth1", &[host_cidr])?;
+    let gateway = router_cidr.split('/').next().unwrap_or(router_cidr);
+    ns.ip(&["route", "add", "default", "via", gateway])?;
+    Ok(ns)
 }
 
 impl Drop for Lab {
