@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod dns;
 pub mod forwarding;
 pub mod io;
 pub mod liveness;

@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     // promtool checks the /metrics exposition.
     "prometheus",
+    // MagicDNS tests: dig, an upstream resolver, and a load generator.
+    "bind9-dnsutils",
+    "dnsmasq-base",
+    "dnsperf",
 ];
 
 /// Tools installed with `cargo install`: (binary, crate, version, extra args, PATH prefix).
