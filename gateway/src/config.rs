@@ -90,7 +90,37 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// The `[control]` table: peers, key and addresses come from a coordination server.
     pub control: Option<ControlConfig>,
+    /// The `[dns]` table: the MagicDNS resolver.
+    pub dns: DnsSettings,
 }
+
+/// The `[dns]` table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Run the resolver at 100.100.100.100 and fd7a:115c:a1e0::53 (default on).
+    pub enabled: bool,
+    /// The tailnet domain in static mode (control mode takes the server's).
+    pub domain: String,
+    /// This node's name in static mode (default: the system's hostname).
+    pub hostname: Option<String>,
+    /// Split-DNS routes and global nameservers.
+    pub resolvers: crate::dns::Resolvers,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            enabled: true,
+            domain: DEFAULT_DNS_DOMAIN.into(),
+            hostname: None,
+            resolvers: crate::dns::Resolvers::default(),
+        }
+    }
+}
+
+/// The tailnet domain of static mode unless `[dns] domain` says otherwise (the coordination
+/// server's default too).
+pub const DEFAULT_DNS_DOMAIN: &str = "tailnet.internal";
 
 /// The `[control]` table, validated: the daemon runs in control mode (`tailgate up`).
 #[derive(Debug, Clone)]
@@ -162,6 +192,57 @@ struct RawConfig {
     #[serde(default)]
     peer: Vec<RawPeer>,
     control: Option<RawControl>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    enabled: Option<bool>,
+    domain: Option<String>,
+    hostname: Option<String>,
+    #[serde(default)]
+    nameservers: Vec<String>,
+    #[serde(default)]
+    routes: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn validate_dns(path: &Path, raw: Option<RawDns>) -> Result<DnsSettings, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(DnsSettings::default());
+    };
+    let err = |key: &str, problem: String| ConfigError::new(path, format!("dns.{key}"), problem);
+    let upstreams =
+        |key: &str, list: &[String]| -> Result<Vec<crate::dns::Upstream>, ConfigError> {
+            list.iter()
+                .map(|u| u.parse().map_err(|e| err(key, format!("{e}"))))
+                .collect()
+        };
+    let global = upstreams("nameservers", &raw.nameservers)?;
+    let mut split = Vec::new();
+    for (suffix, servers) in &raw.routes {
+        let clean = suffix.trim_end_matches('.');
+        if clean.is_empty() || clean.split('.').any(|l| l.is_empty() || l.len() > 63) {
+            return Err(err("routes", format!("{suffix:?} is not a domain name")));
+        }
+        split.push(crate::dns::SplitRoute {
+            suffix: clean.to_ascii_lowercase(),
+            upstreams: upstreams(&format!("routes.{suffix}"), servers)?,
+        });
+    }
+    let domain = raw
+        .domain
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_else(|| DEFAULT_DNS_DOMAIN.into());
+    if domain.is_empty() || domain.split('.').any(|l| l.is_empty() || l.len() > 63) {
+        return Err(err("domain", format!("{domain:?} is not a domain name")));
+    }
+    Ok(DnsSettings {
+        enabled: raw.enabled.unwrap_or(true),
+        domain,
+        hostname: raw.hostname,
+        resolvers: crate::dns::Resolvers { split, global },
+    })
 }
 
 #[derive(Deserialize)]
@@ -242,6 +323,7 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::new(path, "", toml_error(&e)))?;
         let routing = validate_routing(path, &raw.interface, &raw.via)?;
+        let dns = validate_dns(path, raw.dns)?;
         let control = raw.control.map(|c| validate_control(path, c)).transpose()?;
         if let Some(c) = &control {
             let err = |key: &str, problem: &str| ConfigError::new(path, key.to_string(), problem);
@@ -273,6 +355,7 @@ impl Config {
                 routing,
                 peers: Vec::new(),
                 control,
+                dns,
             });
         }
         let interface = validate_interface(path, raw.interface, mtu_override)?;
@@ -313,6 +396,7 @@ impl Config {
             routing,
             peers,
             control: None,
+            dns,
         })
     }
 }
@@ -587,6 +671,50 @@ pub fn read_private_key_file(file: &Path) -> Result<Key, String> {
     }
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     Key::from_base64(text.trim()).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    const BASE: &str = "[interface]\nname = \"tg0\"\nprivate_key = \"yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\"\n";
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), &format!("{BASE}{extra}"), None)
+    }
+
+    #[test]
+    fn dns_table_defaults_and_values() {
+        let c = parse("").unwrap();
+        assert!(c.dns.enabled);
+        assert_eq!(c.dns.domain, "tailnet.internal");
+        let c = parse(
+            "[dns]\ndomain = \"Corp.Example.\"\nhostname = \"gw1\"\nnameservers = [\"9.9.9.9\", \"https://dns.example/dns-query#192.0.2.1\"]\n[dns.routes]\n\"internal.company.com\" = [\"10.0.0.53\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.dns.domain, "corp.example");
+        assert_eq!(c.dns.hostname.as_deref(), Some("gw1"));
+        assert_eq!(c.dns.resolvers.global.len(), 2);
+        assert_eq!(c.dns.resolvers.split[0].suffix, "internal.company.com");
+        let off = parse("[dns]\nenabled = false\n").unwrap();
+        assert!(!off.dns.enabled);
+    }
+
+    #[test]
+    fn bad_dns_values_name_the_key() {
+        for (extra, key) in [
+            (
+                "[dns]\nnameservers = [\"not an address\"]\n",
+                "dns.nameservers",
+            ),
+            ("[dns]\ndomain = \"a..b\"\n", "dns.domain"),
+            ("[dns.routes]\n\"..\" = [\"10.0.0.53\"]\n", "dns.routes"),
+            ("[dns]\nbogus = 1\n", "bogus"),
+        ] {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::api::unix_socket::BoundSocket;
 use crate::api::{ExitNode, Request, Response, Status};
 use crate::config::{Config, XdpMode};
 use crate::device::{datapath, lock, Device};
+use crate::dns::service::DnsService;
+use crate::dns::DnsView;
 use crate::forwarding::{FastPath, Routing, RoutingStatus};
 use crate::io::tun::Tun;
 use crate::io::udp::WgSocket;
@@ -75,6 +77,13 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         .configure_interface(index, iface.mtu, &iface.addresses)
         .await
         .with_context(|| format!("configuring {}", iface.name))?;
+    if cfg.dns.enabled {
+        netlink
+            .add_service_addresses(index, &DnsService::addresses())
+            .await
+            .with_context(|| format!("adding the MagicDNS addresses to {}", iface.name))?;
+    }
+    let dns = Arc::new(start_dns(&cfg));
     let routes = Arc::new(tokio::sync::Mutex::new(InstalledRoutes::new(
         netlink.clone(),
         index,
@@ -99,6 +108,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
                 netlink: netlink.clone(),
                 index,
                 mtu: iface.mtu,
+                dns: dns.feed(),
             },
         )
     });
@@ -135,6 +145,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         routing: routing.clone(),
         mtu: iface.mtu,
         control: control.clone(),
+        dns: dns.clone(),
     };
     if let Some(listener) = metrics_listener {
         let api = api.clone();
@@ -196,6 +207,35 @@ async fn named(
 async fn async_ok(f: impl std::future::Future<Output = ()>) -> Result<()> {
     f.await;
     Ok(())
+}
+
+/// The MagicDNS resolver: static mode answers the configured peers' names at once; control
+/// mode starts empty and gets a view with every netmap.
+fn start_dns(cfg: &Config) -> DnsService {
+    let d = &cfg.dns;
+    if !d.enabled {
+        return DnsService::start(
+            DnsView::default(),
+            d.resolvers.clone(),
+            Some("[dns] enabled = false".into()),
+        );
+    }
+    let initial = if cfg.control.is_some() {
+        DnsView {
+            split: d.resolvers.split.clone(),
+            global: d.resolvers.global.clone(),
+            ..DnsView::default()
+        }
+    } else {
+        let hostname = d.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "node".into())
+        });
+        let own: Vec<std::net::IpAddr> = cfg.interface.addresses.iter().map(|a| a.addr()).collect();
+        DnsView::from_static_peers(&d.domain, Some(&hostname), &own, &cfg.peers, &d.resolvers)
+    };
+    DnsService::start(initial, d.resolvers.clone(), None)
 }
 
 /// How often LAN interfaces are re-resolved and idle fast-path connections freed.
@@ -329,6 +369,7 @@ struct ApiContext {
     routing: Arc<tokio::sync::Mutex<Routing>>,
     mtu: u16,
     control: Option<Arc<ControlMode>>,
+    dns: Arc<DnsService>,
 }
 
 impl ApiContext {
@@ -385,6 +426,11 @@ impl ApiContext {
                 }
             }
             Request::ExitNodes => Response::ExitNodes(exit_nodes(&self.dev)),
+            Request::DnsStatus => Response::DnsStatus(Box::new(self.dns.status())),
+            Request::DnsQuery { name, rtype } => match self.dns.query(&name, &rtype).await {
+                Ok(a) => Response::DnsAnswer(Box::new(a)),
+                Err(e) => Response::Error(e),
+            },
         }
     }
 }

@@ -91,6 +91,9 @@ enum Command {
     /// Exit nodes offered by peers.
     #[command(subcommand)]
     ExitNode(tailgate::cli::routing::ExitNodeCommand),
+    /// MagicDNS: the resolver's state, and queries answered by it.
+    #[command(subcommand)]
+    Dns(tailgate::cli::dns::DnsCommand),
     /// Debugging helpers.
     #[command(subcommand)]
     Debug(tailgate::cli::routing::DebugCommand),
@@ -186,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(tailgate::cli::routing::exit_node(&cli.socket, cmd))
         }
         Command::Debug(cmd) => tailgate::cli::routing::debug(cmd),
+        Command::Dns(cmd) => runtime()?.block_on(tailgate::cli::dns::run(&cli.socket, cmd)),
         Command::Genkey => {
             println!("{}", Key::generate_private().to_base64());
             Ok(())

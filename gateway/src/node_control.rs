@@ -54,6 +54,8 @@ pub struct DaemonParts {
     pub index: u32,
     /// Tunnel MTU.
     pub mtu: u16,
+    /// Where the MagicDNS resolver gets its view (none when it does not run).
+    pub dns: Option<crate::dns::service::DnsFeed>,
 }
 
 /// The running session: its event pump, stopped through `stop`.
@@ -413,6 +415,9 @@ impl ControlMode {
 
     /// Applies a netmap: peers (in place), their routes, kernel routes.
     async fn apply_netmap(&self, nm: &NetMap) {
+        if let Some(dns) = &self.parts.dns {
+            dns.netmap(nm);
+        }
         let own = self.parts.dev.state().public_key;
         let routes = failover::effective_routes(nm, &lock(&self.silent));
         let peers: Vec<PeerConfig> = nm

@@ -39,6 +39,36 @@ pub enum Request {
     Up(Box<UpRequest>),
     /// Stop the control session and remove the peers it configured (`tailgate down`).
     Down,
+    /// The MagicDNS resolver's state (`tailgate dns status`).
+    DnsStatus,
+    /// Ask the resolver (`tailgate dns query`).
+    DnsQuery {
+        /// The name (or an address, with type PTR).
+        name: String,
+        /// The record type (`A`, `AAAA`, `PTR`, …).
+        rtype: String,
+    },
+}
+
+/// What `tailgate dns status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// Whether the resolver runs.
+    pub running: bool,
+    /// Why it does not.
+    pub reason: Option<String>,
+    /// Its listen addresses.
+    pub listen: Vec<std::net::SocketAddr>,
+    /// The tailnet domain.
+    pub domain: String,
+    /// The names it answers (`host.domain`).
+    pub names: Vec<String>,
+    /// Split-DNS routes, `suffix → upstreams`.
+    pub split: Vec<String>,
+    /// Global nameservers.
+    pub global: Vec<String>,
+    /// Query counters.
+    pub stats: Option<crate::dns::DnsStatsSnapshot>,
 }
 
 /// `tailgate up` flags.
@@ -95,6 +125,10 @@ pub enum Response {
     Up(Box<UpResult>),
     /// The session is stopped.
     Down,
+    /// The resolver's state.
+    DnsStatus(Box<DnsStatus>),
+    /// The resolver's answer.
+    DnsAnswer(Box<crate::dns::query::QueryAnswer>),
     /// The request failed.
     Error(String),
 }

@@ -23,7 +23,9 @@
 
 pub mod forward;
 pub mod handler;
+pub mod query;
 pub mod server;
+pub mod service;
 pub mod split;
 pub mod stats;
 pub mod view;

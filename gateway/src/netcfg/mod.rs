@@ -108,6 +108,34 @@ impl Netlink {
         Ok(())
     }
 
+    /// Adds `addresses` to interface `index` as receive-only service addresses (MagicDNS):
+    /// IPv4 with host scope, IPv6 deprecated (preferred lifetime 0), so neither is picked as
+    /// the source of packets leaving through the interface, whatever order addresses were
+    /// added in.
+    pub async fn add_service_addresses(&self, index: u32, addresses: &[IpNet]) -> Result<()> {
+        use netlink_packet_route::address::{AddressScope, CacheInfo};
+        for a in addresses {
+            let mut req = self.handle.address().add(index, a.addr(), a.prefix_len());
+            match a {
+                IpNet::V4(_) => req.message_mut().header.scope = AddressScope::Host,
+                IpNet::V6(_) => {
+                    let mut lifetimes = CacheInfo::default();
+                    lifetimes.ifa_preferred = 0;
+                    lifetimes.ifa_valid = u32::MAX;
+                    req.message_mut()
+                        .attributes
+                        .push(AddressAttribute::CacheInfo(lifetimes));
+                }
+            }
+            if let Err(e) = req.execute().await {
+                if !is_exists(&e) {
+                    return Err(anyhow!("adding address {a}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes those of `addresses` that interface `index` holds.
     pub async fn remove_addresses(&self, index: u32, addresses: &[IpNet]) -> Result<()> {
         let mut list = self

@@ -1,0 +1,125 @@
+//! The resolver as the daemon runs it: started on 100.100.100.100 and fd7a:115c:a1e0::53 (which
+//! the daemon puts on its TUN device), fed a new [`DnsView`] on every netmap, and asked by
+//! `tailgate dns status|query`.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::query::{self, QueryAnswer};
+use super::{default_listen_addrs, DnsServer, DnsView, Resolvers};
+use crate::api::DnsStatus;
+use crate::control::proto::NetMap;
+
+/// Where new views go (control mode sends one per netmap).
+#[derive(Clone)]
+pub struct DnsFeed {
+    view: Arc<watch::Sender<DnsView>>,
+    resolvers: Resolvers,
+}
+
+impl DnsFeed {
+    /// Sends the view of `nm`; unchanged views are not sent.
+    pub fn netmap(&self, nm: &NetMap) {
+        let next = DnsView::from_netmap(nm, &self.resolvers);
+        self.view.send_if_modified(|v| {
+            let changed = *v != next;
+            *v = next;
+            changed
+        });
+    }
+}
+
+/// The resolver, or why it is not running.
+pub struct DnsService {
+    server: Option<DnsServer>,
+    reason: Option<String>,
+    view: Arc<watch::Sender<DnsView>>,
+    resolvers: Resolvers,
+}
+
+impl DnsService {
+    /// The addresses the daemon must add to its TUN device for the resolver.
+    pub fn addresses() -> Vec<ipnet::IpNet> {
+        default_listen_addrs()
+            .into_iter()
+            .map(|a| ipnet::IpNet::from(a.ip()))
+            .collect()
+    }
+
+    /// Starts the resolver with `initial` (a failure is logged and reported by `status`; the
+    /// daemon runs on without MagicDNS). `reason_off`: do not start, for this reason.
+    pub fn start(initial: DnsView, resolvers: Resolvers, reason_off: Option<String>) -> DnsService {
+        let (tx, rx) = watch::channel(initial);
+        let view = Arc::new(tx);
+        let (server, reason) = match reason_off {
+            Some(r) => (None, Some(r)),
+            None => match DnsServer::start(&default_listen_addrs(), rx) {
+                Ok(s) => {
+                    log::info!("MagicDNS resolver on {:?}", s.local_addrs());
+                    (Some(s), None)
+                }
+                Err(e) => {
+                    log::warn!("MagicDNS disabled: {e}");
+                    (None, Some(e.to_string()))
+                }
+            },
+        };
+        DnsService {
+            server,
+            reason,
+            view,
+            resolvers,
+        }
+    }
+
+    /// A feed for control mode, if the resolver runs.
+    pub fn feed(&self) -> Option<DnsFeed> {
+        self.server.as_ref().map(|_| DnsFeed {
+            view: self.view.clone(),
+            resolvers: self.resolvers.clone(),
+        })
+    }
+
+    /// `tailgate dns status`.
+    pub fn status(&self) -> DnsStatus {
+        let v = self.view.borrow();
+        let fqdn = |name: &str| {
+            if v.domain.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}.{}", v.domain)
+            }
+        };
+        DnsStatus {
+            running: self.server.is_some(),
+            reason: self.reason.clone(),
+            listen: self
+                .server
+                .as_ref()
+                .map(|s| s.local_addrs().to_vec())
+                .unwrap_or_default(),
+            domain: v.domain.clone(),
+            names: v.hosts().map(|h| fqdn(&h.name)).collect(),
+            split: v
+                .split
+                .iter()
+                .map(|r| {
+                    let ups: Vec<String> = r.upstreams.iter().map(ToString::to_string).collect();
+                    format!("{} → {}", r.suffix, ups.join(", "))
+                })
+                .collect(),
+            global: v.global.iter().map(ToString::to_string).collect(),
+            stats: self.server.as_ref().map(DnsServer::stats),
+        }
+    }
+
+    /// `tailgate dns query`.
+    pub async fn query(&self, name: &str, rtype: &str) -> Result<QueryAnswer, String> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| format!("MagicDNS is off: {}", self.reason.as_deref().unwrap_or("?")))?;
+        query::ask(server.handler(), name, rtype).await
+    }
+}
