@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::api::status::PeerStatus;
 use crate::api::Status;
 
 /// Longest request head read.
@@ -92,49 +93,35 @@ pub fn render(st: &Status) -> String {
     .sample("tailgate_up", &[("interface", iface)], up);
 
     let peers = &st.peers;
-    let name_of = |p: &crate::api::status::PeerStatus| p.name.clone().unwrap_or_default();
-    let mut f = Family::new(
-        &mut out,
-        "tailgate_peer_receive_bytes_total",
-        "counter",
-        "Bytes received from each peer (WireGuard datagrams).",
-    );
-    for p in peers {
-        let n = name_of(p);
-        f.sample(
+    let name_of = |p: &PeerStatus| p.name.clone().unwrap_or_default();
+    type PeerValue = fn(&PeerStatus) -> Option<u64>;
+    let per_peer: [(&str, &str, &str, PeerValue); 3] = [
+        (
             "tailgate_peer_receive_bytes_total",
-            &[("peer", &p.public_key), ("name", &n)],
-            p.rx_bytes,
-        );
-    }
-    let mut f = Family::new(
-        &mut out,
-        "tailgate_peer_transmit_bytes_total",
-        "counter",
-        "Bytes sent to each peer (WireGuard datagrams).",
-    );
-    for p in peers {
-        let n = name_of(p);
-        f.sample(
+            "counter",
+            "Bytes received from each peer (WireGuard datagrams).",
+            |p| Some(p.rx_bytes),
+        ),
+        (
             "tailgate_peer_transmit_bytes_total",
-            &[("peer", &p.public_key), ("name", &n)],
-            p.tx_bytes,
-        );
-    }
-    let mut f = Family::new(
-        &mut out,
-        "tailgate_peer_last_handshake_age_seconds",
-        "gauge",
-        "Seconds since the latest completed handshake with each peer (absent: never).",
-    );
-    for p in peers {
-        if let Some(age) = p.latest_handshake_secs_ago {
-            let n = name_of(p);
-            f.sample(
-                "tailgate_peer_last_handshake_age_seconds",
-                &[("peer", &p.public_key), ("name", &n)],
-                age,
-            );
+            "counter",
+            "Bytes sent to each peer (WireGuard datagrams).",
+            |p| Some(p.tx_bytes),
+        ),
+        (
+            "tailgate_peer_last_handshake_age_seconds",
+            "gauge",
+            "Seconds since the latest completed handshake with each peer (absent: never).",
+            |p| p.latest_handshake_secs_ago,
+        ),
+    ];
+    for (name, kind, help, value) in per_peer {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for p in peers {
+            if let Some(v) = value(p) {
+                let n = name_of(p);
+                f.sample(name, &[("peer", &p.public_key), ("name", &n)], v);
+            }
         }
     }
 
