@@ -78,17 +78,10 @@ pub fn effective_routes(nm: &NetMap, silent: &BTreeSet<NodeId>) -> BTreeMap<Node
 mod tests {
     use super::*;
     use crate::control::proto::{DnsConfig, RouteState};
-    use crate::wg::Key;
 
     fn node(id: u64, prio: u32, routes: &[(&str, bool)]) -> NodeView {
+        let addr = format!("100.64.0.{id}/32");
         NodeView {
-            id,
-            name: format!("n{id}"),
-            fqdn: format!("n{id}.ts"),
-            node_key: Key::default(),
-            endpoints: vec![],
-            addresses: vec![format!("100.64.0.{id}/32").parse().unwrap()],
-            allowed_ips: vec![],
             routes: routes
                 .iter()
                 .map(|(p, primary)| RouteState {
@@ -97,16 +90,8 @@ mod tests {
                     primary: *primary,
                 })
                 .collect(),
-            exit_node: false,
             route_priority: prio,
-            online: true,
-            last_seen: None,
-            os: "linux".into(),
-            user: "u".into(),
-            tags: vec![],
-            key_expiry: None,
-            lan_ok: true,
-            ephemeral: false,
+            ..NodeView::for_tests(id, &format!("n{id}"), &[&addr])
         }
     }
 

@@ -362,6 +362,31 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// A minimal online node for tests: `name`, `addresses`, everything else empty.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: u64, name: &str, addresses: &[&str]) -> NodeView {
+        NodeView {
+            id,
+            name: name.into(),
+            fqdn: format!("{name}.tailnet.example"),
+            node_key: Key::from([id as u8; 32]),
+            endpoints: vec![],
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            allowed_ips: vec![],
+            routes: vec![],
+            exit_node: false,
+            route_priority: 0,
+            online: true,
+            last_seen: None,
+            os: "linux".into(),
+            user: "u".into(),
+            tags: vec![],
+            key_expiry: None,
+            lan_ok: true,
+            ephemeral: false,
+        }
+    }
+
     /// The tailnet IPv4 address, if any.
     pub fn ipv4(&self) -> Option<Ipv4Addr> {
         self.addresses.iter().find_map(|a| match a.addr() {

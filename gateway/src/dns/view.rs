@@ -261,26 +261,7 @@ mod tests {
     use ipnet::IpNet;
 
     fn node(id: u64, name: &str, addrs: &[&str]) -> NodeView {
-        NodeView {
-            id,
-            name: name.into(),
-            fqdn: format!("{name}.tailnet.example"),
-            node_key: Key::from([id as u8; 32]),
-            endpoints: vec![],
-            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-            allowed_ips: vec![],
-            routes: vec![],
-            exit_node: false,
-            route_priority: 0,
-            online: true,
-            last_seen: None,
-            os: "linux".into(),
-            user: "u".into(),
-            tags: vec![],
-            key_expiry: None,
-            lan_ok: true,
-            ephemeral: false,
-        }
+        NodeView::for_tests(id, name, addrs)
     }
 
     #[test]
