@@ -116,11 +116,9 @@ impl ControlMode {
                 renew.notified().await;
                 let Some(mode) = weak.upgrade() else { break };
                 let last_up = lock(&mode.view).last_up.clone();
+                // `up` renews a key close to expiry by itself, and keeps the session going
+                // if the server cannot be asked right now.
                 if let Some(req) = last_up {
-                    let req = UpRequest {
-                        rotate_key: true,
-                        ..req
-                    };
                     if let Err(e) = mode.up(req).await {
                         log::warn!("renewing the node key: {e}");
                     }
@@ -216,8 +214,15 @@ impl ControlMode {
                 })
                 .map_err(|e| format!("switching to the node key: {e}"))?;
         }
-        if req.rotate_key || key_expires_soon(reg.key_expiry) {
+        if req.rotate_key {
             reg = self.rotate_key(&mut client).await?;
+        } else if key_expires_soon(reg.key_expiry) {
+            // Automatic renewal: failing it (server unreachable) must not stop the session;
+            // the hourly check tries again.
+            match self.rotate_key(&mut client).await {
+                Ok(r) => reg = r,
+                Err(e) => log::warn!("{e}; keeping the current key for now"),
+            }
         }
         let addresses: Vec<IpNet> = vec![
             IpNet::new(IpAddr::V4(reg.ipv4), 32).map_err(|e| e.to_string())?,
