@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use crate::lab::node::{peer_spec, LISTEN_PORT};
-use crate::lab::{veth, wait_for, Host, Keypair, Kind, Netns, Node, Process};
+use crate::lab::{veth, wait_for, Host, Keypair, Kind, Netns, Node};
 
 /// Tunnel MTU for every contender (tailgate's default, DESIGN.md §7).
 pub const TUNNEL_MTU: u16 = 1280;
@@ -655,21 +655,7 @@ impl Run {
 fn run_iperf(topo: &Topology, test: Test, seconds: u32, port: u16) -> Result<Run> {
     let port_s = port.to_string();
     let server_ns = topo.server_ns();
-    let mut server = Process::spawn("iperf3s", {
-        let mut c = server_ns.command("iperf3");
-        c.args(["-s", "-1", "-p", &port_s]);
-        c
-    })?;
-    server.discard_log_on_drop();
-    let filter = format!("sport = :{port}");
-    wait_for(
-        "the iperf3 server to listen",
-        Duration::from_secs(5),
-        || {
-            server.check_running()?;
-            Ok((!server_ns.exec("ss", &["-Hltn", &filter])?.trim().is_empty()).then_some(()))
-        },
-    )?;
+    let mut server = crate::lab::iperf3_server(server_ns, port)?;
 
     let secs = seconds.to_string();
     let dst = topo.server_addr();

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::{interrupted, one_line, Durations};
 use crate::lab::node::{peer_spec, PeerSpec, LISTEN_PORT};
-use crate::lab::{wait_for, Keypair, Kind, Lab, Netns, Node, Process};
+use crate::lab::{wait_for, Keypair, Kind, Lab, Netns, Node};
 use crate::tunnel_bench::{parse_iperf, run_bounded, Figure, IperfResult};
 
 /// The LAN the router serves.
@@ -458,21 +458,7 @@ fn tail(s: &str, lines: usize) -> String {
 fn run_iperf(rl: &RouterLab, test: E2eTest, seconds: u32, port: u16) -> Result<IperfResult> {
     let port_s = port.to_string();
     let lan = rl.lan_ns();
-    let mut server = Process::spawn("iperf3s", {
-        let mut c = lan.command("iperf3");
-        c.args(["-s", "-1", "-p", &port_s]);
-        c
-    })?;
-    server.discard_log_on_drop();
-    let filter = format!("sport = :{port}");
-    wait_for(
-        "the iperf3 server to listen",
-        Duration::from_secs(5),
-        || {
-            server.check_running()?;
-            Ok((!lan.exec("ss", &["-Hltn", &filter])?.trim().is_empty()).then_some(()))
-        },
-    )?;
+    let mut server = crate::lab::iperf3_server(lan, port)?;
     let mut client = rl.client_ns().command("iperf3");
     client
         .args(["-c", LAN_HOST, "-p", &port_s, "-t", &seconds.to_string()])

@@ -12,6 +12,7 @@ pub mod node;
 pub mod process;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -163,4 +164,26 @@ impl Drop for Lab {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A one-shot `iperf3` server (`-s -1`) on `port` in `ns`, returned once it listens (at most
+/// 5 s); its log is discarded when it is dropped.
+pub fn iperf3_server(ns: &Netns, port: u16) -> Result<Process> {
+    let port_s = port.to_string();
+    let mut server = Process::spawn("iperf3s", {
+        let mut c = ns.command("iperf3");
+        c.args(["-s", "-1", "-p", &port_s]);
+        c
+    })?;
+    server.discard_log_on_drop();
+    let filter = format!("sport = :{port}");
+    wait_for(
+        "the iperf3 server to listen",
+        Duration::from_secs(5),
+        || {
+            server.check_running()?;
+            Ok((!ns.exec("ss", &["-Hltn", &filter])?.trim().is_empty()).then_some(()))
+        },
+    )?;
+    Ok(server)
 }
