@@ -105,7 +105,24 @@ pub struct DnsSettings {
     pub hostname: Option<String>,
     /// Split-DNS routes and global nameservers.
     pub resolvers: crate::dns::Resolvers,
+    /// Point the system's resolver at MagicDNS (default on, as Tailscale's `--accept-dns`;
+    /// the daemon's `--accept-dns` / `TS_ACCEPT_DNS` override it).
+    pub accept_dns: bool,
+    /// Send names outside the tailnet and the split routes to `nameservers` instead of the
+    /// system's own resolvers (default off, as in Tailscale).
+    pub override_local_dns: bool,
+    /// The resolv.conf managed when systemd-resolved does not run.
+    pub resolv_conf: PathBuf,
+    /// Where the original resolv.conf is kept (default: `resolv.conf.pre-tailgate` in the
+    /// state directory).
+    pub resolv_conf_backup: Option<PathBuf>,
 }
+
+/// The system's resolv.conf.
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// File name of the resolv.conf backup in the state directory.
+pub const RESOLV_CONF_BACKUP: &str = "resolv.conf.pre-tailgate";
 
 impl Default for DnsSettings {
     fn default() -> Self {
@@ -114,6 +131,10 @@ impl Default for DnsSettings {
             domain: DEFAULT_DNS_DOMAIN.into(),
             hostname: None,
             resolvers: crate::dns::Resolvers::default(),
+            accept_dns: true,
+            override_local_dns: false,
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+            resolv_conf_backup: None,
         }
     }
 }
@@ -205,6 +226,10 @@ struct RawDns {
     nameservers: Vec<String>,
     #[serde(default)]
     routes: std::collections::BTreeMap<String, Vec<String>>,
+    accept_dns: Option<bool>,
+    override_local_dns: Option<bool>,
+    resolv_conf: Option<PathBuf>,
+    resolv_conf_backup: Option<PathBuf>,
 }
 
 fn validate_dns(path: &Path, raw: Option<RawDns>) -> Result<DnsSettings, ConfigError> {
@@ -237,11 +262,26 @@ fn validate_dns(path: &Path, raw: Option<RawDns>) -> Result<DnsSettings, ConfigE
     if domain.is_empty() || domain.split('.').any(|l| l.is_empty() || l.len() > 63) {
         return Err(err("domain", format!("{domain:?} is not a domain name")));
     }
+    for (key, p) in [
+        ("resolv_conf", &raw.resolv_conf),
+        ("resolv_conf_backup", &raw.resolv_conf_backup),
+    ] {
+        if p.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(err(key, "must be an absolute path".into()));
+        }
+    }
+    let defaults = DnsSettings::default();
     Ok(DnsSettings {
         enabled: raw.enabled.unwrap_or(true),
         domain,
         hostname: raw.hostname,
         resolvers: crate::dns::Resolvers { split, global },
+        accept_dns: raw.accept_dns.unwrap_or(defaults.accept_dns),
+        override_local_dns: raw
+            .override_local_dns
+            .unwrap_or(defaults.override_local_dns),
+        resolv_conf: raw.resolv_conf.unwrap_or(defaults.resolv_conf),
+        resolv_conf_backup: raw.resolv_conf_backup,
     })
 }
 
@@ -696,8 +736,16 @@ mod dns_tests {
         assert_eq!(c.dns.hostname.as_deref(), Some("gw1"));
         assert_eq!(c.dns.resolvers.global.len(), 2);
         assert_eq!(c.dns.resolvers.split[0].suffix, "internal.company.com");
+        assert!(c.dns.accept_dns && !c.dns.override_local_dns);
+        assert_eq!(c.dns.resolv_conf, PathBuf::from("/etc/resolv.conf"));
         let off = parse("[dns]\nenabled = false\n").unwrap();
         assert!(!off.dns.enabled);
+        let os = parse(
+            "[dns]\naccept_dns = false\noverride_local_dns = true\nresolv_conf = \"/tmp/r\"\nresolv_conf_backup = \"/tmp/b\"\n",
+        )
+        .unwrap();
+        assert!(!os.dns.accept_dns && os.dns.override_local_dns);
+        assert_eq!(os.dns.resolv_conf_backup, Some(PathBuf::from("/tmp/b")));
     }
 
     #[test]
@@ -710,6 +758,10 @@ mod dns_tests {
             ("[dns]\ndomain = \"a..b\"\n", "dns.domain"),
             ("[dns.routes]\n\"..\" = [\"10.0.0.53\"]\n", "dns.routes"),
             ("[dns]\nbogus = 1\n", "bogus"),
+            (
+                "[dns]\nresolv_conf = \"etc/resolv.conf\"\n",
+                "dns.resolv_conf",
+            ),
         ] {
             let e = parse(extra).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");

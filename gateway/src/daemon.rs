@@ -14,8 +14,9 @@ use crate::api::unix_socket::BoundSocket;
 use crate::api::{ExitNode, Request, Response, Status};
 use crate::config::{Config, XdpMode};
 use crate::device::{datapath, lock, Device};
+use crate::dns::os::{effective_resolvers, OsDns, OsDnsSettings};
 use crate::dns::service::DnsService;
-use crate::dns::DnsView;
+use crate::dns::{DnsView, Resolvers};
 use crate::forwarding::{FastPath, Routing, RoutingStatus};
 use crate::io::tun::Tun;
 use crate::io::udp::WgSocket;
@@ -39,6 +40,8 @@ pub struct DaemonOptions {
     pub xdp: Option<XdpMode>,
     /// Where to serve `/metrics` and `/healthz`, overriding `interface.metrics_listen`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Point the system's resolver at MagicDNS, overriding `dns.accept_dns`.
+    pub accept_dns: Option<bool>,
 }
 
 /// The XDP program, or why there is none.
@@ -83,7 +86,16 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             .await
             .with_context(|| format!("adding the MagicDNS addresses to {}", iface.name))?;
     }
-    let dns = Arc::new(start_dns(&cfg));
+    let os_dns = prepare_os_dns(&cfg, &opts, &iface.name);
+    let resolvers = match &os_dns {
+        Ok(os) => effective_resolvers(
+            &cfg.dns.resolvers,
+            cfg.dns.override_local_dns,
+            &os.system_nameservers(),
+        ),
+        Err(_) => cfg.dns.resolvers.clone(),
+    };
+    let dns = Arc::new(start_dns(&cfg, resolvers));
     let routes = Arc::new(tokio::sync::Mutex::new(InstalledRoutes::new(
         netlink.clone(),
         index,
@@ -173,6 +185,11 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         tokio::spawn(async move { c.resume().await });
     }
 
+    match os_dns {
+        Ok(os) => dns.manage_os(os, cfg.dns.override_local_dns),
+        Err(why) => dns.os_off(why),
+    }
+
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let outcome = tokio::select! {
@@ -188,6 +205,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         c.shutdown().await;
     }
     tasks.shutdown().await;
+    dns.restore_os();
     routing.lock().await.teardown().await;
     if let Err(e) = routes.lock().await.clear().await {
         log::warn!("removing routes: {e:#}");
@@ -209,21 +227,55 @@ async fn async_ok(f: impl std::future::Future<Output = ()>) -> Result<()> {
     Ok(())
 }
 
+/// How the system's resolver will be pointed at MagicDNS, or why it is left alone. A
+/// resolv.conf left behind by a crashed daemon is put back either way.
+fn prepare_os_dns(cfg: &Config, opts: &DaemonOptions, ifname: &str) -> Result<OsDns, String> {
+    let d = &cfg.dns;
+    let state_dir = cfg.control.as_ref().map_or_else(
+        || std::path::PathBuf::from(crate::config::DEFAULT_STATE_DIR),
+        |c| c.state_dir.clone(),
+    );
+    let settings = OsDnsSettings {
+        resolv_conf: d.resolv_conf.clone(),
+        backup: d
+            .resolv_conf_backup
+            .clone()
+            .unwrap_or_else(|| state_dir.join(crate::config::RESOLV_CONF_BACKUP)),
+    };
+    let off = if !d.enabled {
+        Some("[dns] enabled = false")
+    } else if !opts.accept_dns.unwrap_or(d.accept_dns) {
+        Some("accept_dns is off")
+    } else {
+        None
+    };
+    if let Some(why) = off {
+        if let Err(e) = crate::dns::os::recover(&settings) {
+            log::warn!("restoring {}: {e:#}", settings.resolv_conf.display());
+        }
+        return Err(why.into());
+    }
+    OsDns::prepare(&settings, ifname).map_err(|e| {
+        log::warn!("leaving the system's DNS alone: {e:#}");
+        format!("{e:#}")
+    })
+}
+
 /// The MagicDNS resolver: static mode answers the configured peers' names at once; control
 /// mode starts empty and gets a view with every netmap.
-fn start_dns(cfg: &Config) -> DnsService {
+fn start_dns(cfg: &Config, resolvers: Resolvers) -> DnsService {
     let d = &cfg.dns;
     if !d.enabled {
         return DnsService::start(
             DnsView::default(),
-            d.resolvers.clone(),
+            resolvers,
             Some("[dns] enabled = false".into()),
         );
     }
     let initial = if cfg.control.is_some() {
         DnsView {
-            split: d.resolvers.split.clone(),
-            global: d.resolvers.global.clone(),
+            split: resolvers.split.clone(),
+            global: resolvers.global.clone(),
             ..DnsView::default()
         }
     } else {
@@ -233,9 +285,9 @@ fn start_dns(cfg: &Config) -> DnsService {
                 .unwrap_or_else(|_| "node".into())
         });
         let own: Vec<std::net::IpAddr> = cfg.interface.addresses.iter().map(|a| a.addr()).collect();
-        DnsView::from_static_peers(&d.domain, Some(&hostname), &own, &cfg.peers, &d.resolvers)
+        DnsView::from_static_peers(&d.domain, Some(&hostname), &own, &cfg.peers, &resolvers)
     };
-    DnsService::start(initial, d.resolvers.clone(), None)
+    DnsService::start(initial, resolvers, None)
 }
 
 /// How often LAN interfaces are re-resolved and idle fast-path connections freed.

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over these layers; see `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod control;

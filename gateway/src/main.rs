@@ -47,6 +47,19 @@ enum Command {
         /// connected; 503 with the reason otherwise) on this address, e.g. [::]:9002.
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Point the system's resolver at MagicDNS (through systemd-resolved, else by
+        /// rewriting /etc/resolv.conf, restored on exit), overriding `dns.accept_dns`
+        /// (default true). `--accept-dns=false` leaves the system's DNS alone.
+        #[arg(
+            long,
+            env = "TS_ACCEPT_DNS",
+            value_name = "BOOL",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new(),
+        )]
+        accept_dns: Option<bool>,
     },
     /// Show the interface, peers, handshakes, transfer and data-path mode of the running daemon.
     Status {
@@ -127,6 +140,7 @@ fn run(cli: Cli) -> Result<()> {
             xdp,
             no_offload,
             metrics_listen,
+            accept_dns,
         } => runtime()?.block_on(daemon::run(DaemonOptions {
             config,
             socket: cli.socket,
@@ -134,6 +148,7 @@ fn run(cli: Cli) -> Result<()> {
             no_offload,
             xdp,
             metrics_listen,
+            accept_dns,
         })),
         Command::Status { json } => {
             let response = runtime()?.block_on(api::request(&cli.socket, &Request::Status))?;

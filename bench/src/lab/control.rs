@@ -165,7 +165,9 @@ impl CtlNode {
             .arg("--socket")
             .arg(&socket)
             .arg("--no-xdp")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            // Lab daemons leave the host's resolver configuration alone.
+            .env("TS_ACCEPT_DNS", "false");
         let mut process = Process::spawn(&ifname, cmd)?;
         wait_for("the daemon's control socket", SETTLE, || {
             process.check_running()?;

@@ -181,7 +181,9 @@ impl Node {
                     .arg("--socket")
                     .arg(&socket)
                     .args(args)
-                    .env("RUST_LOG", "info");
+                    .env("RUST_LOG", "info")
+                    // Lab daemons leave the host's resolver configuration alone.
+                    .env("TS_ACCEPT_DNS", "false");
                 let process = Process::spawn(&ifname, cmd)?;
                 Node {
                     process,

@@ -69,6 +69,9 @@ pub struct DnsStatus {
     pub global: Vec<String>,
     /// Query counters.
     pub stats: Option<crate::dns::DnsStatsSnapshot>,
+    /// How the system's resolver points at MagicDNS (`accept_dns`), or why it does not.
+    #[serde(default)]
+    pub os: String,
 }
 
 /// `tailgate up` flags.

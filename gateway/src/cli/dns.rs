@@ -68,6 +68,7 @@ pub async fn run(socket: &Path, cmd: DnsCommand) -> Result<()> {
                 if !st.global.is_empty() {
                     println!("nameservers: {}", st.global.join(", "));
                 }
+                println!("system DNS: {}", st.os);
                 if let Some(s) = &st.stats {
                     println!("counters: {}", serde_json::to_string(s)?);
                 }

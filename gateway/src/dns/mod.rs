@@ -15,7 +15,10 @@
 //! - [`handler`]: the hickory-server [`RequestHandler`](hickory_server::server::RequestHandler)
 //!   that ties them together, and the parse path for raw messages;
 //! - [`server`]: [`DnsServer`], the UDP and TCP listeners;
-//! - [`stats`]: counters for `tailgate dns status`.
+//! - [`stats`]: counters for `tailgate dns status`;
+//! - [`resolv_conf`]: reading and writing resolv.conf;
+//! - [`os`]: pointing the system at the resolver (`accept_dns`): systemd-resolved or
+//!   resolv.conf, restored on shutdown and after a crash.
 //!
 //! The daemon's part: keep a `tokio::sync::watch::Sender<DnsView>`, start a [`DnsServer`] with
 //! its receiver, and send a new view whenever a netmap (or the static config) changes. Queries
@@ -23,7 +26,9 @@
 
 pub mod forward;
 pub mod handler;
+pub mod os;
 pub mod query;
+pub mod resolv_conf;
 pub mod server;
 pub mod service;
 pub mod split;

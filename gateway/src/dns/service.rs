@@ -2,10 +2,11 @@
 //! the daemon puts on its TUN device), fed a new [`DnsView`] on every netmap, and asked by
 //! `tailgate dns status|query`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
+use super::os::{OsDns, OsDnsConfig};
 use super::query::{self, QueryAnswer};
 use super::{default_listen_addrs, DnsServer, DnsView, Resolvers};
 use crate::api::DnsStatus;
@@ -30,12 +31,14 @@ impl DnsFeed {
     }
 }
 
-/// The resolver, or why it is not running.
+/// The resolver, or why it is not running, and the system's resolver configuration.
 pub struct DnsService {
     server: Option<DnsServer>,
     reason: Option<String>,
     view: Arc<watch::Sender<DnsView>>,
     resolvers: Resolvers,
+    os: Arc<Mutex<Option<OsDns>>>,
+    os_note: Mutex<String>,
 }
 
 impl DnsService {
@@ -70,6 +73,59 @@ impl DnsService {
             reason,
             view,
             resolvers,
+            os: Arc::new(Mutex::new(None)),
+            os_note: Mutex::new("off".into()),
+        }
+    }
+
+    /// Points the system at the resolver now and after every view change (a new tailnet
+    /// domain or split routes), until [`DnsService::restore_os`]. Must run within tokio.
+    pub fn manage_os(&self, os: OsDns, override_local_dns: bool) {
+        if self.server.is_none() {
+            self.os_off("the resolver does not run".into());
+            return;
+        }
+        *lock(&self.os_note) = os.describe();
+        *lock(&self.os) = Some(os);
+        let slot = self.os.clone();
+        let mut views = self.view.subscribe();
+        tokio::spawn(async move {
+            let mut applied: Option<OsDnsConfig> = None;
+            loop {
+                let next = OsDnsConfig::for_view(&views.borrow_and_update(), override_local_dns);
+                if applied.as_ref() != Some(&next) {
+                    let slot = slot.clone();
+                    let cfg = next.clone();
+                    let done = tokio::task::spawn_blocking(move || match lock(&slot).as_mut() {
+                        Some(os) => os.apply(&cfg),
+                        None => Ok(()),
+                    })
+                    .await;
+                    match done {
+                        Ok(Ok(())) => log::info!("system DNS points at MagicDNS: {next:?}"),
+                        Ok(Err(e)) => log::warn!("configuring the system's DNS: {e:#}"),
+                        Err(e) => log::warn!("configuring the system's DNS: {e}"),
+                    }
+                    applied = Some(next);
+                }
+                if views.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Records why the system's resolver is left alone (for `tailgate dns status`).
+    pub fn os_off(&self, why: String) {
+        *lock(&self.os_note) = format!("off: {why}");
+    }
+
+    /// Gives the system its own resolver configuration back (on shutdown).
+    pub fn restore_os(&self) {
+        if let Some(mut os) = lock(&self.os).take() {
+            if let Err(e) = os.restore() {
+                log::warn!("restoring the system's DNS configuration: {e:#}");
+            }
         }
     }
 
@@ -111,6 +167,7 @@ impl DnsService {
                 .collect(),
             global: v.global.iter().map(ToString::to_string).collect(),
             stats: self.server.as_ref().map(DnsServer::stats),
+            os: lock(&self.os_note).clone(),
         }
     }
 
@@ -122,4 +179,8 @@ impl DnsService {
             .ok_or_else(|| format!("MagicDNS is off: {}", self.reason.as_deref().unwrap_or("?")))?;
         query::ask(server.handler(), name, rtype).await
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
