@@ -1,5 +1,6 @@
 //! MagicDNS in a running daemon (static peers): `dig @100.100.100.100` from the node's own
-//! namespace and `tailgate dns query|status`. Needs root; the lab removes everything on drop.
+//! namespace and from a plain WireGuard peer through the tunnel, and `tailgate dns
+//! query|status`. Needs root; the lab removes everything on drop.
 
 use tailgate_bench::lab::node::peer_spec;
 use tailgate_bench::lab::{self, Keypair, Kind, Lab, Netns};
@@ -28,11 +29,26 @@ fn magicdns_answers_peer_names_in_the_daemon() {
     lab.start_with(
         Kind::tailgate(TAILGATE),
         1,
-        k1,
+        k1.clone(),
         &[bravo],
         "\n[dns]\nhostname = \"alpha\"\n",
     )
     .expect("node 1");
+    // Bravo is a plain WireGuard peer (wireguard-go, like a phone with a wg config) that uses
+    // the gateway's resolver through the tunnel: 100.100.100.100 is in its allowed IPs.
+    let alpha_endpoint = std::net::SocketAddr::new(
+        lab.nodes[0].host.underlay_v4().into(),
+        tailgate_bench::lab::node::LISTEN_PORT,
+    );
+    let mut alpha = peer_spec(&k1, 1, Some(alpha_endpoint));
+    alpha.allowed_ips.push("100.100.100.100/32".into());
+    lab.start(Kind::WireguardGo, 2, k2, &[alpha])
+        .expect("node 2");
+    assert_eq!(
+        dig(&lab.nodes[1].host.ns, &["alpha.tailnet.internal", "A"]),
+        "100.64.0.1",
+        "the resolver answers a peer through the tunnel"
+    );
     let node = &lab.nodes[0];
     let ns = &node.host.ns;
 
