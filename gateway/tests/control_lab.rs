@@ -129,6 +129,33 @@ fn control_mode_nodes_register_get_addresses_and_ping() {
     let text = a.cli(&["status"]).unwrap();
     assert!(text.contains("name: bravo (online)"), "{text}");
 
+    // An admin rename reaches the other nodes' resolvers with the next netmap.
+    let renamed_at = std::time::Instant::now();
+    let out = server
+        .admin(&["nodes", "rename", "bravo", "Build Box"])
+        .unwrap();
+    assert!(out.contains("is now build-box"), "{out}");
+    wait_for("the new name in a's resolver", SETTLE, || {
+        let ans = a.host.ns.exec(
+            "dig",
+            &[
+                "@100.100.100.100",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "build-box.tailnet.internal",
+            ],
+        )?;
+        Ok((ans.trim() == vb).then_some(()))
+    })
+    .expect("renamed peer resolves");
+    println!(
+        "rename visible to a peer's resolver (dig) {} ms after the admin command returned",
+        renamed_at.elapsed().as_millis()
+    );
+    let q = a.cli(&["dns", "query", "bravo.tailnet.internal"]).unwrap();
+    assert!(q.contains("NXDOMAIN"), "the old name is gone: {q}");
+
     // Down: the session stops and peers go; the interface stays; up again (registered, no
     // key needed) brings them back.
     let b_addrs = b.status().unwrap().control.unwrap().addresses;
@@ -160,6 +187,13 @@ fn control_mode_nodes_register_get_addresses_and_ping() {
     })
     .expect("a notices the outage");
     a.ping(&vb).expect("a → b with the server down");
+    let q = a
+        .cli(&["dns", "query", "build-box.tailnet.internal"])
+        .unwrap();
+    assert!(
+        q.contains(&vb),
+        "MagicDNS answers with the server down: {q}"
+    );
     c.ping(&va).expect("c → a with the server down");
     assert_eq!(a.status().unwrap().peers.len(), 2);
 }

@@ -69,6 +69,13 @@ pub enum AdminRequest {
         /// Node id or name.
         node: String,
     },
+    /// Rename a node (its MagicDNS name).
+    NodesRename {
+        /// Node id or name.
+        node: String,
+        /// The new name (made a unique DNS label).
+        name: String,
+    },
     /// All routes of all nodes.
     RoutesList,
     /// Approve routes of a node.

@@ -189,6 +189,16 @@ pub enum NodesCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// Rename a node: its MagicDNS name changes on every peer with the next netmap. The name
+    /// is made a DNS label (lower case, `-` for other characters) and unique.
+    Rename {
+        /// Node id or current name.
+        node: String,
+        /// The new name.
+        name: String,
+        #[command(flatten)]
+        out: Output,
+    },
 }
 
 /// `tailgate control routes …`.
@@ -345,6 +355,12 @@ async fn admin_command(socket: &std::path::Path, command: ControlCommand) -> Res
             ControlCommand::Nodes(NodesCommand::Delete { node, out }) => {
                 (AdminRequest::NodesDelete { node }, out.json, |v| {
                     Ok(format!("deleted node {}\n", v["deleted"]))
+                })
+            }
+            ControlCommand::Nodes(NodesCommand::Rename { node, name, out }) => {
+                (AdminRequest::NodesRename { node, name }, out.json, |v| {
+                    let n: NodeInfo = serde_json::from_value(v)?;
+                    Ok(format!("node {} is now {}\n", n.id, n.name))
                 })
             }
             ControlCommand::Routes(RoutesCommand::List { node, out }) => {

@@ -1264,6 +1264,22 @@ impl Tailnet {
         Ok(self.node_info(&self.nodes[&id], now, unix))
     }
 
+    /// Renames a node (its MagicDNS name). The name is made a DNS label and unique, as at
+    /// registration; it stays until the node asks for a different hostname.
+    pub fn rename_node(&mut self, sel: &str, name: &str, now: Instant) -> Result<NodeInfo> {
+        let id = self.select(sel)?;
+        let unix = unix_now();
+        let mut rec = self.nodes[&id].rec.clone();
+        rec.name = self.unique_name(&sanitize_hostname(name), Some(id));
+        self.store.tx(|tx| Store::update_node(tx, &rec))?;
+        log::info!("renamed node {id} to {}", rec.name);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.rec = rec;
+        }
+        self.recompute(now);
+        Ok(self.node_info(&self.nodes[&id], now, unix))
+    }
+
     /// Deletes a node.
     pub fn delete_node(&mut self, sel: &str, now: Instant) -> Result<u64> {
         let id = self.select(sel)?;
@@ -1419,6 +1435,9 @@ impl Tailnet {
             }
             AdminRequest::NodesDelete { node } => {
                 serde_json::json!({ "deleted": self.delete_node(&node, now)? })
+            }
+            AdminRequest::NodesRename { node, name } => {
+                serde_json::to_value(self.rename_node(&node, &name, now)?)?
             }
             AdminRequest::RoutesList => {
                 let this = &*self;

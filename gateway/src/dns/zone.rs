@@ -9,7 +9,8 @@
 //! - `0.e.1.a.c.5.1.1.a.7.d.f.ip6.arpa` (fd7a:115c:a1e0::/48, which holds the 4via6 range).
 //!
 //! Besides those, single-label queries that name a host (`laptop.`) or are a valid 4via6 label
-//! (`10-1-1-5-via-7.`) are answered, `.onion` names are NXDOMAIN (RFC 7686), and
+//! (`10-1-1-5-via-7.`) are answered, so are Tailscale's older bare 4via6 forms
+//! (`via-7.10.1.1.5.`, `10.1.1.5.via-7.`), `.onion` names are NXDOMAIN (RFC 7686), and
 //! [`SERVICE_NAME`](super::SERVICE_NAME) resolves to the resolver's own addresses. Everything
 //! else is [`Resolution::Forward`].
 //!
@@ -182,6 +183,23 @@ fn via_label(label: &[u8]) -> Option<Ipv6Addr> {
     parse_via_dns_label(s).ok()
 }
 
+/// The 4via6 address of Tailscale's older name forms, `via-<site>.<a>.<b>.<c>.<d>` and
+/// `<a>.<b>.<c>.<d>.via-<site>` (bare names only, as Tailscale answers them).
+fn legacy_via_name(labels: &[&[u8]]) -> Option<Ipv6Addr> {
+    let text: Vec<&str> = labels
+        .iter()
+        .map(|l| std::str::from_utf8(l).ok())
+        .collect::<Option<_>>()?;
+    if text.len() != 5 {
+        return None;
+    }
+    let (site, v4) = match text[0].strip_prefix("via-") {
+        Some(site) => (site, &text[1..]),
+        None => (text[4].strip_prefix("via-")?, &text[..4]),
+    };
+    parse_via_dns_label(&format!("{}-via-{site}", v4.join("-"))).ok()
+}
+
 fn address_records(owner: &Name, addrs: &[IpAddr], qtype: RecordType) -> Vec<Record> {
     addrs
         .iter()
@@ -325,6 +343,9 @@ impl Zone {
             if let Some(addrs) = self.lookup_label(labels[0]) {
                 return Resolution::Local(self.host_answer(qname, &addrs, qtype, None));
             }
+        }
+        if let Some(v6) = legacy_via_name(&labels) {
+            return Resolution::Local(self.host_answer(qname, &[IpAddr::V6(v6)], qtype, None));
         }
         Resolution::Forward
     }
@@ -809,6 +830,26 @@ mod tests {
             );
         }
         // The largest site, and the reverse of a reserved site is not named.
+        // Tailscale's older forms, bare.
+        for old in ["via-7.10.1.1.5.", "10.1.1.5.via-7.", "VIA-0x7.10.1.1.5."] {
+            let a = local(&z, old, RecordType::AAAA);
+            assert_eq!(a.rcode, ResponseCode::NoError, "{old}");
+            assert_eq!(ips(&a), [want], "{old}");
+        }
+        for not_via in [
+            "via-7.10.1.1.",
+            "via-x.10.1.1.5.",
+            "10.1.1.5.via-70000.",
+            "1.2.3.4.5.",
+        ] {
+            assert!(
+                matches!(
+                    z.resolve(&name(not_via), RecordType::AAAA, DNSClass::IN),
+                    Resolution::Forward
+                ),
+                "{not_via}"
+            );
+        }
         let a = local(&z, "192-168-1-1-via-65535.", RecordType::AAAA);
         assert_eq!(
             ips(&a),

@@ -792,6 +792,57 @@ fn rotation_expiry_and_admin_actions() {
 }
 
 #[test]
+fn rename_reaches_peers_and_stays_unique() {
+    let dir = TempDir::new("rename");
+    let now = Instant::now();
+    let mut t = open(&dir, cfg(), now);
+    let k = key(&mut t, true, false, &[]);
+    let (a, b) = (machine(), machine());
+    ok(register(
+        &mut t,
+        &a,
+        Some(&k),
+        hostinfo("alpha", &[], 0),
+        now,
+    ));
+    ok(register(
+        &mut t,
+        &b,
+        Some(&k),
+        hostinfo("bravo", &[], 0),
+        now,
+    ));
+    let sb = t.attach(&b.key, &NodeUpdate::default(), now).unwrap();
+    let rename = |t: &mut Tailnet, node: &str, name: &str| match t.handle_admin(
+        AdminRequest::NodesRename {
+            node: node.into(),
+            name: name.into(),
+        },
+        now,
+    ) {
+        AdminResponse::Ok(v) => v["name"].as_str().unwrap().to_string(),
+        AdminResponse::Error(e) => panic!("{e}"),
+    };
+    assert_eq!(rename(&mut t, "alpha", "Build Box"), "build-box");
+    assert_eq!(latest(&sb).unwrap().peers[0].name, "build-box");
+    // Taken names get a suffix, as at registration.
+    assert_eq!(rename(&mut t, "build-box", "bravo"), "bravo-1");
+    // The node reporting its unchanged hostname keeps the admin's name.
+    let sa = t.attach(&a.key, &NodeUpdate::default(), now).unwrap();
+    assert_eq!(latest(&sa).unwrap().self_node.name, "bravo-1");
+    match t.handle_admin(
+        AdminRequest::NodesRename {
+            node: "nobody".into(),
+            name: "x".into(),
+        },
+        now,
+    ) {
+        AdminResponse::Error(e) => assert!(e.contains("no node"), "{e}"),
+        AdminResponse::Ok(v) => panic!("{v}"),
+    }
+}
+
+#[test]
 fn replaced_sessions_are_closed_and_ignored() {
     let dir = TempDir::new("replace");
     let now = Instant::now();
