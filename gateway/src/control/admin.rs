@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 /// The admin socket's file name inside the state dir.
 pub const ADMIN_SOCKET: &str = "admin.sock";
 /// Largest request line accepted.
-pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+pub const MAX_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A request on the admin socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,14 @@ pub enum AdminRequest {
     },
     /// All routes of all nodes.
     RoutesList,
+    /// Replace the policy (HuJSON text); refused with the line and reason if it does not
+    /// parse or its tests fail, and the old one stays.
+    PolicySet {
+        /// The policy file's text.
+        text: String,
+    },
+    /// The policy in force (its text).
+    PolicyGet,
     /// Approve routes of a node.
     RoutesApprove {
         /// Node id or name.

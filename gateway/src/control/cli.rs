@@ -91,6 +91,30 @@ pub enum ControlCommand {
     /// List and create users (owners of auth keys and untagged nodes).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// The access policy (HuJSON: groups, tagOwners, hosts, acls, tests, autoApprovers).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `tailgate control policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Replace the server's policy. It is parsed and its `tests` are run first: a bad policy
+    /// is refused with the line and the reason, and the old one stays in force. Nodes get
+    /// their new packet filters with the next netmap (at once).
+    Set {
+        /// The HuJSON policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Print the policy in force.
+    Get,
+    /// Check a policy file without a server: syntax, names, and its `tests`.
+    Check {
+        /// The HuJSON policy file.
+        file: PathBuf,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -103,7 +127,9 @@ pub struct ServeArgs {
     /// TCP address to listen on.
     #[arg(long, default_value = "0.0.0.0:7443")]
     pub listen: String,
-    /// HuJSON policy file (`autoApprovers` for routes and exit nodes, `groups`).
+    /// HuJSON policy file (access rules, groups, tags, hosts, tests, autoApprovers; see
+    /// `tailgate control policy`). `policy set` writes new policies back to it. Without it
+    /// the server uses the policy last set, or none (every node may reach every other).
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// HOST:PORT nodes use to reach this server, for the printed login URL.
@@ -283,6 +309,19 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 .context("starting the async runtime")?
                 .block_on(server::serve(opts))
         }
+        ControlCommand::Policy(PolicyCommand::Check { file }) => {
+            let p = super::policy::Policy::load(&file)?;
+            let summary = super::tailnet::PolicySummary::of(&p);
+            println!(
+                "{}: OK ({} acls, {} tests passed)",
+                file.display(),
+                summary
+                    .acls
+                    .map_or_else(|| "no".to_string(), |n| n.to_string()),
+                summary.tests
+            );
+            Ok(())
+        }
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -401,6 +440,25 @@ async fn admin_command(socket: &std::path::Path, command: ControlCommand) -> Res
                 out.json,
                 render_routes,
             ),
+            ControlCommand::Policy(PolicyCommand::Set { file, out }) => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                (AdminRequest::PolicySet { text }, out.json, |v| {
+                    let s: super::tailnet::PolicySummary = serde_json::from_value(v)?;
+                    Ok(format!(
+                        "policy set: {} acls, {} tests passed, {} groups\n",
+                        s.acls.map_or_else(|| "no".to_string(), |n| n.to_string()),
+                        s.tests,
+                        s.groups
+                    ))
+                })
+            }
+            ControlCommand::Policy(PolicyCommand::Get) => (AdminRequest::PolicyGet, false, |v| {
+                Ok(v["text"].as_str().unwrap_or_default().to_string())
+            }),
+            ControlCommand::Policy(PolicyCommand::Check { .. }) => {
+                return Err(anyhow!("check runs without a server"))
+            }
             ControlCommand::Users(UsersCommand::List(o)) => {
                 (AdminRequest::UsersList, o.json, render_users)
             }

@@ -104,6 +104,7 @@ mod tests {
                 domain: "ts".into(),
             },
             keepalive_interval_ms: 1000,
+            packet_filter: None,
         }
     }
 

@@ -11,11 +11,13 @@
 //! | [`tailnet`] | the I/O-free core: registration, addresses, sessions, routes, netmaps |
 //! | [`election`] | HA primary election per prefix (priorities, failover, hold-down) |
 //! | [`policy`], [`hujson`] | the HuJSON policy file and its `autoApprovers` |
+//! | [`acl`] | the policy's `acls`, `hosts`, `tagOwners`, `tests`: per-node packet filters and peer visibility |
 //! | [`server`] | the tokio server: connections, sessions, timers, admin socket |
 //! | [`admin`], [`cli`] | the admin API and the `tailgate control …` commands |
 //! | [`client`], [`node_state`] | the node side: registration, session loop with backoff, state on disk |
 //! | [`duration`] | `30s` / `24h` / `180d` flag values |
 
+pub mod acl;
 pub mod admin;
 pub mod cli;
 pub mod client;

@@ -1,4 +1,5 @@
-//! The server's policy file (HuJSON): for now the `groups` and `autoApprovers` sections.
+//! The server's policy file (HuJSON): `groups`, `tagOwners`, `hosts`, `acls`, `tests` (see
+//! [`super::acl`]) and `autoApprovers`.
 //!
 //! ```jsonc
 //! {
@@ -15,7 +16,8 @@
 //! auth key) matches by its tags only, like Tailscale; an untagged node matches by its user and
 //! the groups that contain the user. An advertised route is auto-approved when some
 //! `routes` key contains it (equal or more specific); exit routes (`0.0.0.0/0`, `::/0`) only
-//! through `exitNode`. Other sections (`acls`, …) are accepted and ignored for now.
+//! through `exitNode`. A policy whose `tests` fail is refused, as is anything malformed, with
+//! the line of the problem.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,18 +26,38 @@ use anyhow::{anyhow, Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::acl::{Acl, Names, RawAclRule, RawAclTest};
 use super::hujson;
 
 /// The parsed policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     /// `group:NAME` → user names.
-    #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     /// Automatic route approval.
-    #[serde(default)]
     pub auto_approvers: AutoApprovers,
+    /// Access rules and their tests.
+    pub acl: Acl,
+    /// The text it was parsed from (what `tailgate control policy get` returns).
+    pub text: String,
+}
+
+/// The policy file's sections, as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    tag_owners: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    acls: Option<Vec<RawAclRule>>,
+    #[serde(default)]
+    tests: Vec<RawAclTest>,
+    #[serde(default)]
+    auto_approvers: AutoApprovers,
 }
 
 /// The `autoApprovers` section.
@@ -65,31 +87,100 @@ pub fn is_exit_route(p: &IpNet) -> bool {
 }
 
 impl Policy {
-    /// Parses HuJSON policy text; `origin` names it in errors.
+    /// Parses HuJSON policy text and runs its `tests`; `origin` names it in errors, which
+    /// also give the line of the problem.
     pub fn parse(text: &str, origin: &str) -> Result<Policy> {
         let json = hujson::to_json(text).map_err(|e| anyhow!("{origin}: {e}"))?;
-        let policy: Policy = serde_json::from_str(&json).map_err(|e| anyhow!("{origin}: {e}"))?;
-        for group in policy.groups.keys() {
+        let raw: RawPolicy = serde_json::from_str(&json).map_err(|e| anyhow!("{origin}: {e}"))?;
+        let at = |needle: &str, problem: String| match line_of(text, needle) {
+            Some(line) => anyhow!("{origin}: line {line}: {problem}"),
+            None => anyhow!("{origin}: {problem}"),
+        };
+        for group in raw.groups.keys() {
             if !group.starts_with("group:") {
-                return Err(anyhow!(
-                    "{origin}: groups: {group:?} must start with \"group:\""
+                return Err(at(
+                    group,
+                    format!("groups: {group:?} must start with \"group:\""),
                 ));
             }
         }
-        let entries = policy
+        for (tag, owners) in &raw.tag_owners {
+            if !tag.starts_with("tag:") {
+                return Err(at(
+                    tag,
+                    format!("tagOwners: {tag:?} must start with \"tag:\""),
+                ));
+            }
+            for o in owners {
+                if o.starts_with("group:") && !raw.groups.contains_key(o) {
+                    return Err(at(o, format!("tagOwners: {o} is not defined in groups")));
+                }
+            }
+        }
+        let mut hosts = BTreeMap::new();
+        for (name, addr) in &raw.hosts {
+            let net = addr
+                .parse::<IpNet>()
+                .or_else(|_| addr.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    at(
+                        addr,
+                        format!("hosts: {name}: {addr:?} is not an IP or CIDR"),
+                    )
+                })?;
+            hosts.insert(name.clone(), net.trunc());
+        }
+        let names = Names {
+            groups: &raw.groups,
+            tag_owners: &raw.tag_owners,
+            hosts: &hosts,
+        };
+        let rules = match &raw.acls {
+            Some(list) => Some(names.rules(list).map_err(|(i, p)| {
+                at_entry(text, "\"acls\"", i, format!("acls[{i}]: {p}"), origin)
+            })?),
+            None => None,
+        };
+        let tests = names
+            .tests(&raw.tests)
+            .map_err(|(i, p)| at_entry(text, "\"tests\"", i, format!("tests[{i}]: {p}"), origin))?;
+        let entries = raw
             .auto_approvers
             .routes
             .values()
             .flatten()
-            .chain(&policy.auto_approvers.exit_node);
+            .chain(&raw.auto_approvers.exit_node);
         for e in entries {
             if let Some(g) = e.strip_prefix("group:") {
-                if !policy.groups.contains_key(e) {
-                    return Err(anyhow!(
-                        "{origin}: autoApprovers names group:{g}, which groups does not define"
+                if !raw.groups.contains_key(e) {
+                    return Err(at(
+                        e,
+                        format!("autoApprovers names group:{g}, which groups does not define"),
                     ));
                 }
             }
+        }
+        let policy = Policy {
+            groups: raw.groups.clone(),
+            auto_approvers: raw.auto_approvers,
+            acl: Acl {
+                rules,
+                groups: raw.groups,
+                tests,
+            },
+            text: text.to_string(),
+        };
+        let failures: Vec<String> = policy
+            .acl
+            .tests
+            .iter()
+            .flat_map(|t| policy.acl.run_test(t))
+            .collect();
+        if !failures.is_empty() {
+            return Err(anyhow!(
+                "{origin}: policy tests fail:\n  {}",
+                failures.join("\n  ")
+            ));
         }
         Ok(policy)
     }
@@ -126,6 +217,60 @@ impl Policy {
             .routes
             .iter()
             .any(|(prefix, entries)| prefix.contains(route) && self.matches(entries, owner))
+    }
+}
+
+/// 1-based line of the first `"needle"` in `text`.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    let quoted = format!("{needle:?}");
+    text.lines()
+        .position(|l| l.contains(&quoted))
+        .map(|i| i + 1)
+}
+
+/// An error at entry `index` of the list under `key`: the line of that entry's `{`.
+fn at_entry(text: &str, key: &str, index: usize, problem: String, origin: &str) -> anyhow::Error {
+    let line = text.find(key).and_then(|start| {
+        let mut depth = 0i32;
+        let mut seen = 0usize;
+        let mut in_str = false;
+        let mut escaped = false;
+        for (off, c) in text[start + key.len()..].char_indices() {
+            if in_str {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => in_str = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if c == '{' && depth == 2 {
+                        if seen == index {
+                            let at = start + key.len() + off;
+                            return Some(text[..at].matches('\n').count() + 1);
+                        }
+                        seen += 1;
+                    }
+                }
+                ']' | '}' => {
+                    depth -= 1;
+                    if depth <= 0 {
+                        return None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    });
+    match line {
+        Some(l) => anyhow!("{origin}: line {l}: {problem}"),
+        None => anyhow!("{origin}: {problem}"),
     }
 }
 
@@ -196,6 +341,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("group:x"), "{e}");
-        assert_eq!(Policy::parse("{}", "p").unwrap(), Policy::default());
+        let empty = Policy::parse("{}", "p").unwrap();
+        assert_eq!(empty.acl, Acl::default());
+        assert!(empty.acl.rules.is_none(), "no acls key: allow all");
     }
 }

@@ -412,6 +412,32 @@ impl NodeView {
     }
 }
 
+/// A destination of a [`FilterRule`]: a prefix and an inclusive port range (ports only
+/// restrict TCP, UDP and SCTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DstPorts {
+    /// Destination prefix.
+    pub net: IpNet,
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+}
+
+/// One rule of a node's packet filter, compiled from a policy `acls` entry: packets from any
+/// `src` prefix to any `dst` with one of `protos` are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FilterRule {
+    /// Position of the `acls` entry in the policy (for counters).
+    pub acl: u32,
+    /// Source prefixes.
+    pub src: Vec<IpNet>,
+    /// Destinations.
+    pub dst: Vec<DstPorts>,
+    /// IP protocol numbers; empty for TCP, UDP, ICMP and ICMPv6.
+    pub protos: Vec<u8>,
+}
+
 /// DNS settings for the tailnet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsConfig {
@@ -433,6 +459,11 @@ pub struct NetMap {
     pub dns: DnsConfig,
     /// The keepalive interval the server expects (milliseconds).
     pub keepalive_interval_ms: u64,
+    /// The packet filter for traffic to this node (and through it, for its routes):
+    /// `None` allows everything (the policy has no `acls`), `Some` denies what no rule
+    /// accepts.
+    #[serde(default)]
+    pub packet_filter: Option<Vec<FilterRule>>,
 }
 
 impl NetMap {
@@ -659,6 +690,7 @@ mod tests {
             peers: vec![node(1, 5, false), node(2, 1, true), node(3, 100, false)],
             dns: DnsConfig { domain: "t".into() },
             keepalive_interval_ms: 1000,
+            packet_filter: None,
         };
         let ranks: Vec<(u64, u32)> = nm
             .adverts()

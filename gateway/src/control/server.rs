@@ -26,7 +26,7 @@ use super::login_url::LoginServer;
 use super::policy::Policy;
 use super::proto::{decode_client_message, ClientMessage, ErrorCode, ServerError, ServerMessage};
 use super::store::Store;
-use super::tailnet::{Push, SessionTicket, Tailnet, TailnetConfig};
+use super::tailnet::{Push, SessionTicket, Tailnet, TailnetConfig, POLICY_STATE_KEY};
 use super::transport::{server_accept, Accepted, Connection, SecureWriter, TransportError};
 use crate::api::unix_socket::BoundSocket;
 use crate::wg::Key;
@@ -81,12 +81,17 @@ impl Server {
     /// Opens the store, loads the policy, binds the TCP port and the admin socket.
     pub async fn bind(opts: ServeOptions) -> Result<Server> {
         let mut cfg = opts.tailnet;
+        let mut store = Store::open(&opts.state_dir)?;
         if let Some(p) = &opts.policy {
             cfg.policy = Policy::load(p)?;
+            cfg.policy_file = Some(p.clone());
+            store.set_state(POLICY_STATE_KEY, &cfg.policy.text)?;
             log::info!("policy loaded from {}", p.display());
+        } else if let Some(text) = store.get_state(POLICY_STATE_KEY)? {
+            cfg.policy = Policy::parse(&text, "stored policy")?;
+            log::info!("policy loaded from the store (set with `tailgate control policy set`)");
         }
         let keepalive = cfg.keepalive.max(Duration::from_millis(100));
-        let store = Store::open(&opts.state_dir)?;
         let mut tailnet = Tailnet::new(store, cfg, Instant::now())?;
         let server_key = tailnet.server_private_key();
         let listener = TcpListener::bind(&opts.listen)

@@ -28,12 +28,14 @@ use ipnet::IpNet;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::watch;
 
+use super::acl::{self, AclNode};
 use super::admin::{
     AdminRequest, AdminResponse, AuthKeyInfo, CreatedAuthKey, NodeInfo, RouteInfo, ServerInfo,
     UserInfo,
 };
 use super::election::{self, Candidate};
 use super::policy::{is_exit_route, Owner, Policy};
+use super::proto::FilterRule;
 use super::proto::{
     sanitize_hostname, validate_hostinfo, validate_update, DnsConfig, ErrorCode, Health, Hostinfo,
     NetMap, NodeUpdate, NodeView, Refusal, RefusalCode, RegisterRequest, RegisterResponse,
@@ -48,6 +50,34 @@ const EXIT_V4: IpNet = crate::route::table::EXIT_V4;
 const EXIT_V6: IpNet = crate::route::table::EXIT_V6;
 /// Auth keys look like `tgkey-<12 hex id>-<48 hex secret>`.
 const AUTH_KEY_PREFIX: &str = "tgkey-";
+
+/// The `server_state` key the policy text is stored under.
+pub const POLICY_STATE_KEY: &str = "policy";
+
+/// What `tailgate control policy set` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicySummary {
+    /// `acls` entries; `None` when the policy has none (everything allowed).
+    pub acls: Option<usize>,
+    /// `tests` entries (all passed).
+    pub tests: usize,
+    /// `groups` entries.
+    pub groups: usize,
+}
+
+impl PolicySummary {
+    /// The summary of `p`.
+    pub fn of(p: &Policy) -> PolicySummary {
+        PolicySummary {
+            acls: p.acl.rules.as_ref().map(Vec::len),
+            tests: p.acl.tests.len(),
+            groups: p.groups.len(),
+        }
+    }
+}
+
+/// Each node's packet filter, by node id; empty when the policy allows everything.
+type PacketFilters = HashMap<u64, Option<Vec<FilterRule>>>;
 
 /// Tunables of the control plane.
 #[derive(Debug, Clone)]
@@ -73,8 +103,10 @@ pub struct TailnetConfig {
     pub auth_key_expiry: Duration,
     /// The user that `authkey create` uses (and creates) when none is named.
     pub default_user: String,
-    /// The policy (autoApprovers).
+    /// The policy (access rules, autoApprovers).
     pub policy: Policy,
+    /// The file the policy came from (`--policy`); `policy set` writes the new one there too.
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 impl Default for TailnetConfig {
@@ -90,6 +122,7 @@ impl Default for TailnetConfig {
             auth_key_expiry: Duration::from_secs(90 * 86400),
             default_user: "default".into(),
             policy: Policy::default(),
+            policy_file: None,
         }
     }
 }
@@ -1058,13 +1091,68 @@ impl Tailnet {
         }
     }
 
-    /// The netmap of node `id` (version 0).
-    fn netmap(&self, id: u64, now: Instant, unix: u64) -> Option<NetMap> {
+    /// What the ACL compiler needs to know of every node that is not expired.
+    fn acl_nodes(&self, unix: u64) -> Vec<AclNode> {
+        self.nodes
+            .values()
+            .filter(|n| !n.rec.expired(unix))
+            .map(|n| {
+                let approved = n.rec.routes.iter().filter(|r| r.advertised && r.approved);
+                AclNode {
+                    id: n.rec.id,
+                    user: n.rec.user.clone(),
+                    tags: n.rec.tags.clone(),
+                    addresses: vec![
+                        IpNet::from(IpAddr::V4(n.rec.ipv4)),
+                        IpNet::from(IpAddr::V6(n.rec.ipv6)),
+                    ],
+                    // Standbys too: clients move to them before the server says so.
+                    routes: approved
+                        .clone()
+                        .filter(|r| !is_exit_route(&r.prefix))
+                        .map(|r| r.prefix)
+                        .collect(),
+                    exit: approved.clone().any(|r| is_exit_route(&r.prefix)),
+                }
+            })
+            .collect()
+    }
+
+    /// Every node's packet filter (empty when the policy has no `acls`: all allowed).
+    fn packet_filters(&self, unix: u64) -> PacketFilters {
+        let acl = &self.cfg.policy.acl;
+        if acl.rules.is_none() {
+            return PacketFilters::new();
+        }
+        let nodes = self.acl_nodes(unix);
+        nodes
+            .iter()
+            .map(|n| (n.id, acl.filter_for(n, &nodes)))
+            .collect()
+    }
+
+    /// The netmap of node `id` (version 0): the peers it may reach or that may reach it.
+    fn netmap(&self, id: u64, now: Instant, unix: u64, filters: &PacketFilters) -> Option<NetMap> {
         let me = self.nodes.get(&id)?;
+        let none = None;
+        let filter_of = |node: u64| filters.get(&node).unwrap_or(&none);
+        let my_addrs = [
+            IpNet::from(IpAddr::V4(me.rec.ipv4)),
+            IpNet::from(IpAddr::V6(me.rec.ipv6)),
+        ];
+        let visible = |n: &Node| {
+            filters.is_empty() || {
+                let theirs = [
+                    IpNet::from(IpAddr::V4(n.rec.ipv4)),
+                    IpNet::from(IpAddr::V6(n.rec.ipv6)),
+                ];
+                acl::admits(filter_of(id), &theirs) || acl::admits(filter_of(n.rec.id), &my_addrs)
+            }
+        };
         let peers = self
             .nodes
             .values()
-            .filter(|n| n.rec.id != id && !n.rec.expired(unix))
+            .filter(|n| n.rec.id != id && !n.rec.expired(unix) && visible(n))
             .map(|n| self.view(n, false, now))
             .collect();
         Some(NetMap {
@@ -1075,14 +1163,16 @@ impl Tailnet {
                 domain: self.cfg.domain.clone(),
             },
             keepalive_interval_ms: self.cfg.keepalive.as_millis() as u64,
+            packet_filter: filter_of(id).clone(),
         })
     }
 
     fn push_netmaps(&mut self, now: Instant, unix: u64) {
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        let filters = self.packet_filters(unix);
         let mut bumped = false;
         for id in ids {
-            let Some(nm) = self.netmap(id, now, unix) else {
+            let Some(nm) = self.netmap(id, now, unix, &filters) else {
                 continue;
             };
             let Some(slot) = self.sessions.get_mut(&id) else {
@@ -1280,6 +1370,28 @@ impl Tailnet {
         Ok(self.node_info(&self.nodes[&id], now, unix))
     }
 
+    /// Replaces the policy after parsing it and running its tests; on any error the old one
+    /// stays. Stored (and written to the `--policy` file) before it takes effect.
+    pub fn set_policy(&mut self, text: &str, now: Instant) -> Result<PolicySummary> {
+        let policy = Policy::parse(text, "policy")?;
+        if let Some(path) = &self.cfg.policy_file {
+            crate::atomic_file::write(path, text.as_bytes(), 0o644)
+                .map_err(|e| anyhow!("writing {}: {e:#}", path.display()))?;
+        }
+        self.store.set_state(POLICY_STATE_KEY, text)?;
+        let summary = PolicySummary::of(&policy);
+        self.cfg.policy = policy;
+        log::info!("new policy: {summary:?}");
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.reapply_policy(id) {
+                log::warn!("node {id}: applying autoApprovers: {e:#}");
+            }
+        }
+        self.recompute(now);
+        Ok(summary)
+    }
+
     /// Deletes a node.
     pub fn delete_node(&mut self, sel: &str, now: Instant) -> Result<u64> {
         let id = self.select(sel)?;
@@ -1436,6 +1548,8 @@ impl Tailnet {
             AdminRequest::NodesDelete { node } => {
                 serde_json::json!({ "deleted": self.delete_node(&node, now)? })
             }
+            AdminRequest::PolicySet { text } => serde_json::to_value(self.set_policy(&text, now)?)?,
+            AdminRequest::PolicyGet => serde_json::json!({ "text": self.cfg.policy.text }),
             AdminRequest::NodesRename { node, name } => {
                 serde_json::to_value(self.rename_node(&node, &name, now)?)?
             }

@@ -277,6 +277,7 @@ mod tests {
                 domain: "tailnet.example".into(),
             },
             keepalive_interval_ms: 1000,
+            packet_filter: None,
         };
         let resolvers = Resolvers {
             split: vec![SplitRoute {
