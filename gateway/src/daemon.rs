@@ -562,6 +562,7 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus)
         },
         drops: dev.counters.snapshot(),
         batching: dev.counters.batching.snapshot(),
+        filter: dev.filter.status(),
         routing,
         peers: snap
             .peers

@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod dns;
+pub mod filter;
 pub mod forwarding;
 pub mod io;
 pub mod liveness;

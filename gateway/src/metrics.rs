@@ -137,6 +137,44 @@ pub fn render(st: &Status) -> String {
         f.sample("tailgate_drops_total", &[("reason", &reason)], n);
     }
 
+    let filter = &st.filter;
+    let mut f = Family::new(
+        &mut out,
+        "tailgate_filter_dropped_packets_total",
+        "counter",
+        "Inbound tunnel packets the policy's packet filter dropped, by reason.",
+    );
+    for (reason, n) in [
+        ("no_rule", filter.dropped_no_rule),
+        ("malformed", filter.dropped_malformed),
+    ] {
+        f.sample(
+            "tailgate_filter_dropped_packets_total",
+            &[("reason", reason)],
+            n,
+        );
+    }
+    let mut f = Family::new(
+        &mut out,
+        "tailgate_filter_accepted_flows_total",
+        "counter",
+        "New inbound flows the packet filter accepted, by the policy's acls index.",
+    );
+    for (acl, n) in &filter.accepted_by_acl {
+        f.sample(
+            "tailgate_filter_accepted_flows_total",
+            &[("acl", &acl.to_string())],
+            *n,
+        );
+    }
+    Family::new(
+        &mut out,
+        "tailgate_filter_rules",
+        "gauge",
+        "Packet-filter rules in force (0 with the filter off: everything passes).",
+    )
+    .sample("tailgate_filter_rules", &[], filter.rules as u64);
+
     if let Some(c) = &st.xdp.counters {
         let mut f = Family::new(
             &mut out,
@@ -357,6 +395,7 @@ mod tests {
             },
             drops: Default::default(),
             batching: Default::default(),
+            filter: Default::default(),
             routing: Default::default(),
             peers: vec![PeerStatus {
                 public_key: "AAAA\"quoted\"".into(),

@@ -420,6 +420,8 @@ impl ControlMode {
 
     /// Applies a netmap: peers (in place), their routes, kernel routes.
     async fn apply_netmap(&self, nm: &NetMap) {
+        // Rules first, so that new peers never get in under the old ones.
+        self.parts.dev.filter.set_rules(nm.packet_filter.as_deref());
         if let Some(dns) = &self.parts.dns {
             dns.netmap(nm);
         }

@@ -28,6 +28,9 @@ pub struct Status {
     pub drops: CounterSnapshot,
     /// Syscalls versus packets on each side of the data path.
     pub batching: BatchSnapshot,
+    /// The tailnet policy's packet filter.
+    #[serde(default)]
+    pub filter: crate::filter::FilterStatus,
     /// Routing preferences and what is in force for them.
     pub routing: RoutingStatus,
     /// Peers, sorted by public key.
@@ -131,6 +134,28 @@ impl Status {
         if let Some(c) = &self.xdp.counters {
             let list: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  xdp counters: {}", list.join(" "));
+        }
+        let f = &self.filter;
+        if f.enabled {
+            let by_acl: Vec<String> = f
+                .accepted_by_acl
+                .iter()
+                .map(|(k, v)| format!("acls[{k}]={v}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  packet filter: {} rule(s), {} flow(s); new flows accepted: {}; dropped: {} (no rule), {} (malformed)",
+                f.rules,
+                f.flows,
+                if by_acl.is_empty() { "none".into() } else { by_acl.join(" ") },
+                f.dropped_no_rule,
+                f.dropped_malformed
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  packet filter: off (no policy rules; everything passes)"
+            );
         }
         let d = serde_json::to_value(&self.drops).unwrap_or_default();
         if let Some(map) = d.as_object() {

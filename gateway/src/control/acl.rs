@@ -655,7 +655,10 @@ mod tests {
         let n = node(1, "a@x", &[], "100.64.0.1");
         assert_eq!(open.acl.filter_for(&n, std::slice::from_ref(&n)), None);
         let closed = Policy::parse(r#"{"acls": []}"#, "p").unwrap();
-        assert_eq!(closed.acl.filter_for(&n, std::slice::from_ref(&n)), Some(vec![]));
+        assert_eq!(
+            closed.acl.filter_for(&n, std::slice::from_ref(&n)),
+            Some(vec![])
+        );
     }
 
     #[test]

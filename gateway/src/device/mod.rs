@@ -48,6 +48,8 @@ pub struct Device {
     pub counters: Counters,
     /// Handshake load meter (cookies under load).
     pub load: LoadMeter,
+    /// What the tailnet policy lets in (control mode; allows everything until rules come).
+    pub filter: crate::filter::PacketFilter,
     state: RwLock<DeviceState>,
 }
 
@@ -208,6 +210,7 @@ impl Device {
             socket,
             counters: Counters::default(),
             load: LoadMeter::new(now),
+            filter: crate::filter::PacketFilter::default(),
             state: RwLock::new(DeviceState::new(private_key, listen_port)),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::device::counters::BatchCounters;
+use crate::filter::Verdict;
 use crate::io::offload::Coalescer;
 use crate::wg::{Packet, Route, TunnResult, WgError};
 
@@ -44,11 +45,17 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
                 let st = dev.state();
                 (st.via.clone(), st.via_xdp.clone())
             };
+            let rules = dev.filter.snapshot();
             for datagram in rx[..n].chunks(segment.unwrap_or(n).max(1)) {
                 let Some((len, peer)) = handle_datagram(&dev, src, datagram, &mut plain, now).await
                 else {
                     continue;
                 };
+                if let Some(rules) = &rules {
+                    if dev.filter.inbound(rules, &plain[..len]) != Verdict::Accept {
+                        continue;
+                    }
+                }
                 let packet = match &via {
                     Some(via) => match via.to_lan(
                         &plain[..len],

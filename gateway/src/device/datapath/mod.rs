@@ -27,6 +27,8 @@ pub const MAX_IP_PACKET: usize = 65535;
 pub const WG_OVERHEAD: usize = 16 + 16 + 16;
 /// How often protocol timers run.
 pub const TIMER_TICK: Duration = Duration::from_millis(100);
+/// Idle filter flows are forgotten every this many ticks (10 s).
+const FILTER_EXPIRY_TICKS: u64 = 100;
 
 /// What to do after the state machine ran: the bytes are in the caller's buffer.
 enum Action {
@@ -93,8 +95,13 @@ pub async fn timers(dev: Arc<Device>) {
     let mut out = vec![0u8; 256];
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(FILTER_EXPIRY_TICKS) {
+            dev.filter.expire();
+        }
         let peers: Vec<Arc<Peer>> = dev.state().peers.values().cloned().collect();
         for peer in peers {
             let action = classify(

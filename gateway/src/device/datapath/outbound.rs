@@ -48,12 +48,16 @@ pub async fn tun_to_udp(dev: Arc<Device>) -> io::Result<()> {
         {
             let mut tunnel = lock(&peer.tunnel);
             let now = Instant::now();
-            for seg in segments.iter() {
+            for (i, seg) in segments.iter().enumerate() {
                 // Replies of 4via6 flows go back as IPv6 from the site's 4via6 address.
                 let seg = match &via {
                     Some(via) if via.to_tailnet(seg, &mut translated) => &translated[..],
                     _ => seg,
                 };
+                // The segments of one read belong to one flow: its replies may come in.
+                if i == 0 {
+                    dev.filter.outbound(seg);
+                }
                 match tunnel.encapsulate(seg, out.spare(), now) {
                     TunnResult::WriteToNetwork(d) => {
                         let len = d.len();
