@@ -144,8 +144,21 @@ pub struct CtlNode {
 }
 
 impl CtlNode {
-    /// Starts a daemon in lab host `index` with `[control]` settings `control_toml`.
+    /// Starts a daemon in lab host `index` with `[control]` settings `control_toml`, without
+    /// XDP.
     pub fn start(lab: &Lab, bin: &Path, index: u8, control_toml: &str) -> Result<CtlNode> {
+        Self::start_with(lab, bin, index, control_toml, &["--no-xdp"])
+    }
+
+    /// [`CtlNode::start`] with these `tailgate daemon` arguments (e.g. none, for the XDP
+    /// fast path).
+    pub fn start_with(
+        lab: &Lab,
+        bin: &Path,
+        index: u8,
+        control_toml: &str,
+        daemon_args: &[&str],
+    ) -> Result<CtlNode> {
         let host = lab.host(index)?;
         let ifname = unique_name("tgc");
         let state = TempDir::new("tgc-state")?;
@@ -164,7 +177,7 @@ impl CtlNode {
             .arg(&config)
             .arg("--socket")
             .arg(&socket)
-            .arg("--no-xdp")
+            .args(daemon_args)
             .env("RUST_LOG", "info")
             // Lab daemons leave the host's resolver configuration alone.
             .env("TS_ACCEPT_DNS", "false");
@@ -251,6 +264,11 @@ impl CtlNode {
         let ns = lan_namespace(&self.host.ns, lan_if, router_cidr, host_cidr)?;
         self.lans.push(ns);
         Ok(())
+    }
+
+    /// The namespace of LAN host `i` (in the order of [`CtlNode::lan_host`] calls).
+    pub fn lan(&self, i: usize) -> Option<&Netns> {
+        self.lans.get(i)
     }
 
     /// Pings until `dst` answers (a new peer needs a netmap and a handshake first).
