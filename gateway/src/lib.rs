@@ -6,6 +6,7 @@ pub mod api;
 pub mod atomic_file;
 pub mod cli;
 pub mod config;
+pub mod containerboot;
 pub mod control;
 pub mod daemon;
 pub mod device;

@@ -116,6 +116,12 @@ enum Command {
     Pubkey,
     // Help text (short and long) comes from `ControlArgs`.
     Control(tailgate::control::cli::ControlArgs),
+    /// Container entrypoint: reads Tailscale's TS_* variables (TS_AUTHKEY, TS_HOSTNAME,
+    /// TS_STATE_DIR, TS_ROUTES, TS_ACCEPT_DNS, TS_EXTRA_ARGS, TS_TAILSCALED_EXTRA_ARGS,
+    /// TS_ENABLE_HEALTH_CHECK, TS_ENABLE_METRICS, TS_LOCAL_ADDR_PORT, TS_DEBUG_MTU) and TG_*
+    /// ones (TG_LOGIN_SERVER, TG_TUN, TG_PORT), writes the daemon's config into the state
+    /// directory, starts the daemon and brings the node up. See docs/container.md.
+    Containerboot,
 }
 
 fn main() -> ExitCode {
@@ -210,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Control(args) => tailgate::control::cli::run(args),
+        Command::Containerboot => tailgate::containerboot::run(),
         Command::Pubkey => {
             let mut input = String::new();
             std::io::stdin()

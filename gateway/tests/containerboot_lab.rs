@@ -1,0 +1,130 @@
+//! `tailgate containerboot` (the container entrypoint) with Tailscale's TS_* variables, against
+//! a control server in the lab: the node comes up, a peer reaches it through the tunnel,
+//! `/healthz` and `/metrics` answer, SIGTERM stops it cleanly; bad variables stop it with the
+//! reason. Needs root; the lab removes everything on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use tailgate_bench::lab::control::{ControlServer, CtlNode, TempDir, SETTLE};
+use tailgate_bench::lab::{self, wait_for, Lab, Netns, Process};
+
+const TAILGATE: &str = env!("CARGO_BIN_EXE_tailgate");
+
+fn get(ns: &Netns, path: &'static str) -> Result<(u16, String)> {
+    ns.spawn_inside(move || -> Result<(u16, String)> {
+        let mut s = TcpStream::connect("127.0.0.1:9002")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let code = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("bad reply {reply:?}"))?;
+        Ok((code, reply))
+    })?
+    .join()
+    .map_err(|_| anyhow!("request thread panicked"))?
+}
+
+#[test]
+fn containerboot_brings_a_node_up_from_ts_variables() {
+    assert!(
+        lab::is_root(),
+        "needs root (run `cargo xtask test` as root)"
+    );
+    let lab = Lab::new().expect("lab");
+    let dir = TempDir::new("tgboot").unwrap();
+    let server = ControlServer::start(&lab, Path::new(TAILGATE), &dir).expect("server");
+    let key = server.authkey(&["--reusable"]).unwrap();
+    let mut peer = CtlNode::start(&lab, Path::new(TAILGATE), 1, "").expect("peer");
+    peer.up(&server, &key, &["--hostname", "peer"])
+        .expect("peer up");
+
+    let host = lab.host(2).expect("container host");
+    let tun = lab::unique_name("tgbt");
+    let socket = format!("/run/tailgate/{tun}.sock");
+    let state = dir.0.join("container-state");
+    let boot = |extra: &[(&str, &str)]| {
+        let mut c = host.ns.command(TAILGATE);
+        c.arg("containerboot")
+            .env("TS_AUTHKEY", &key)
+            .env("TG_LOGIN_SERVER", &server.url)
+            .env("TS_HOSTNAME", "boxed")
+            .env("TS_STATE_DIR", &state)
+            .env("TS_EXTRA_ARGS", "--accept-routes")
+            .env("TS_TAILSCALED_EXTRA_ARGS", "--no-xdp")
+            .env("TS_ENABLE_HEALTH_CHECK", "true")
+            .env("TS_ENABLE_METRICS", "true")
+            .env("TS_LOCAL_ADDR_PORT", "127.0.0.1:9002")
+            .env("TG_TUN", &tun)
+            .env("TAILGATE_SOCKET", &socket)
+            .env("RUST_LOG", "info");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c
+    };
+
+    // Unsupported and malformed values stop it at once, with the reason.
+    for (k, v, why) in [
+        (
+            "TS_USERSPACE",
+            "true",
+            "userspace networking is not available",
+        ),
+        ("TS_ROUTES", "10.0.0.0/33", "TS_ROUTES"),
+        ("TS_EXTRA_ARGS", "--ssh", "not a tailgate up flag"),
+    ] {
+        let out = boot(&[(k, v)]).output().expect("containerboot");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{k}={v}: {err}");
+    }
+
+    let mut ctr = Process::spawn("containerboot", boot(&[])).expect("containerboot");
+    wait_for("containerboot to bring the node up", SETTLE, || {
+        ctr.check_running()?;
+        Ok(ctr
+            .log()
+            .contains("containerboot: up as boxed")
+            .then_some(()))
+    })
+    .expect("up");
+    assert!(state.join("tailgate.toml").exists());
+    let st: serde_json::Value = serde_json::from_str(
+        &lab::run(
+            std::process::Command::new(TAILGATE).args(["--socket", &socket, "status", "--json"]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let v4 = st["control"]["addresses"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .find(|x| x.starts_with("100."))
+        })
+        .expect("tailnet address")
+        .to_string();
+    peer.wait_peers(1).expect("the peer sees the container");
+    peer.wait_ping(&v4)
+        .expect("peer → container through the tunnel");
+
+    let (code, _) = get(&host.ns, "/healthz").expect("healthz");
+    assert_eq!(code, 200);
+    let (code, body) = get(&host.ns, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("tailgate_up{interface=\""), "{body}");
+
+    // SIGTERM to the entrypoint reaches the daemon, which removes its interface and exits.
+    assert!(ctr.stop().expect("stop"), "clean exit:\n{}", ctr.log());
+    let links = host.ns.ip(&["-o", "link"]).unwrap();
+    assert!(!links.contains(&tun), "TUN left behind: {links}");
+    let _ = &mut peer;
+}
