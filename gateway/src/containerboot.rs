@@ -16,6 +16,7 @@
 //! | `TS_DEBUG_MTU` | tunnel MTU | 1280 |
 //! | `TS_USERSPACE` | userspace networking (no TUN) | `false`; `true` is refused (not available yet) |
 //! | `TS_SOCKS5_SERVER`, `TS_OUTBOUND_HTTP_PROXY_LISTEN` | proxies of userspace mode | refused (not available yet) |
+//! | `TS_CLIENT_ID`, `TS_CLIENT_SECRET`, `TS_ID_TOKEN`, `TS_AUDIENCE` | OAuth / workload identity | refused (use `TS_AUTHKEY`) |
 //! | `TG_LOGIN_SERVER` | the coordination server's `tg://HOST:PORT#KEY` URL | none |
 //! | `TG_TUN` | TUN device name | `tailgate0` |
 //! | `TG_PORT` | WireGuard UDP port | `41641` |
@@ -56,6 +57,10 @@ const KNOWN: &[&str] = &[
     "TS_USERSPACE",
     "TS_SOCKS5_SERVER",
     "TS_OUTBOUND_HTTP_PROXY_LISTEN",
+    "TS_CLIENT_ID",
+    "TS_CLIENT_SECRET",
+    "TS_ID_TOKEN",
+    "TS_AUDIENCE",
     "TG_LOGIN_SERVER",
     "TG_TUN",
     "TG_PORT",
@@ -162,6 +167,19 @@ pub fn plan(env: &BTreeMap<String, String>) -> Result<BootPlan, String> {
         {
             warnings.push(format!(
                 "{key} is not used by tailgate's container entrypoint"
+            ));
+        }
+    }
+    for key in [
+        "TS_CLIENT_ID",
+        "TS_CLIENT_SECRET",
+        "TS_ID_TOKEN",
+        "TS_AUDIENCE",
+    ] {
+        if non_empty(env, key).is_some() {
+            return Err(format!(
+                "{key}: OAuth clients and workload identity are not supported; register with \
+                 TS_AUTHKEY (a key from `tailgate control authkey create`)"
             ));
         }
     }
@@ -445,6 +463,7 @@ mod tests {
         let err = |pairs: &[(&str, &str)]| plan(&env(pairs)).unwrap_err();
         assert!(err(&[("TS_USERSPACE", "true")]).contains("userspace networking is not available"));
         assert!(err(&[("TS_SOCKS5_SERVER", ":1055")]).contains("TS_SOCKS5_SERVER"));
+        assert!(err(&[("TS_CLIENT_SECRET", "s")]).contains("TS_AUTHKEY"));
         assert!(err(&[("TS_ACCEPT_DNS", "maybe")]).contains("want true or false"));
         assert!(err(&[("TS_ROUTES", "10.0.0.0/33")]).contains("TS_ROUTES"));
         assert!(err(&[("TS_EXTRA_ARGS", "--ssh")]).contains("not a tailgate up flag"));
