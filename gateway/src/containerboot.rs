@@ -9,13 +9,13 @@
 //! | `TS_HOSTNAME` | hostname to register | the container's |
 //! | `TS_STATE_DIR` | keys, registration, config | `/var/lib/tailgate` |
 //! | `TS_ROUTES` | subnet routes to advertise, comma separated | none |
-//! | `TS_ACCEPT_DNS` | point the container's resolv.conf at MagicDNS | `false` (as Tailscale's image) |
+//! | `TS_ACCEPT_DNS` | point the container's resolv.conf at MagicDNS (kernel mode) | `false` (as Tailscale's image) |
 //! | `TS_EXTRA_ARGS` | extra `tailgate up` flags (`--login-server=…`, `--advertise-exit-node`, `--accept-routes`, `--route-priority=N`, `--hostname=…`, `--advertise-routes=…`) | none |
 //! | `TS_TAILSCALED_EXTRA_ARGS` | extra `tailgate daemon` flags | none |
 //! | `TS_ENABLE_HEALTH_CHECK`, `TS_ENABLE_METRICS` | serve `/healthz` and `/metrics` on `TS_LOCAL_ADDR_PORT` | off, `[::]:9002` |
 //! | `TS_DEBUG_MTU` | tunnel MTU | 1280 |
-//! | `TS_USERSPACE` | userspace networking (no TUN) | `false`; `true` is refused (not available yet) |
-//! | `TS_SOCKS5_SERVER`, `TS_OUTBOUND_HTTP_PROXY_LISTEN` | proxies of userspace mode | refused (not available yet) |
+//! | `TS_USERSPACE` | userspace networking: no TUN, no NET_ADMIN; no subnet routes or exit node | `true` (as Tailscale's image) |
+//! | `TS_SOCKS5_SERVER`, `TS_OUTBOUND_HTTP_PROXY_LISTEN` | SOCKS5 / HTTP proxy into the tailnet (`:1055`, `localhost:1055`, `ADDR:PORT`) | none |
 //! | `TS_CLIENT_ID`, `TS_CLIENT_SECRET`, `TS_ID_TOKEN`, `TS_AUDIENCE` | OAuth / workload identity | refused (use `TS_AUTHKEY`) |
 //! | `TG_LOGIN_SERVER` | the coordination server's `tg://HOST:PORT#KEY` URL | none |
 //! | `TG_TUN` | TUN device name | `tailgate0` |
@@ -183,20 +183,18 @@ pub fn plan(env: &BTreeMap<String, String>) -> Result<BootPlan, String> {
             ));
         }
     }
-    if boolean(env, "TS_USERSPACE", false)? {
-        return Err(
-            "TS_USERSPACE=true: userspace networking is not available in tailgate yet; \
-                    set TS_USERSPACE=false and give the container NET_ADMIN (and NET_RAW, BPF) \
-                    and /dev/net/tun"
-                .into(),
-        );
-    }
-    for key in ["TS_SOCKS5_SERVER", "TS_OUTBOUND_HTTP_PROXY_LISTEN"] {
-        if non_empty(env, key).is_some() {
-            return Err(format!(
-                "{key}: the proxies belong to userspace networking, which tailgate does not have \
-                 yet; reach the tailnet through the TUN device instead"
-            ));
+    let userspace = boolean(env, "TS_USERSPACE", true)?;
+    let mut proxy_args = Vec::new();
+    for (key, flag) in [
+        ("TS_SOCKS5_SERVER", "--socks5-server"),
+        (
+            "TS_OUTBOUND_HTTP_PROXY_LISTEN",
+            "--outbound-http-proxy-listen",
+        ),
+    ] {
+        if let Some(v) = non_empty(env, key) {
+            proxy_args.push(flag.to_string());
+            proxy_args.push(listen_addr(key, v)?.to_string());
         }
     }
     let state_dir = PathBuf::from(non_empty(env, "TS_STATE_DIR").unwrap_or(DEFAULT_STATE_DIR));
@@ -249,7 +247,19 @@ pub fn plan(env: &BTreeMap<String, String>) -> Result<BootPlan, String> {
         }
     }
     let accept_dns = accept_dns.unwrap_or(env_accept);
-    let mut daemon_args = vec![format!("--accept-dns={accept_dns}")];
+    if userspace && (!up.advertise_routes.is_empty() || up.advertise_exit_node) {
+        return Err(
+            "TS_USERSPACE=true cannot advertise routes or an exit node (that needs \
+                    kernel forwarding): set TS_USERSPACE=false and give the container NET_ADMIN \
+                    and /dev/net/tun"
+                .into(),
+        );
+    }
+    let mut daemon_args = vec![format!("--accept-dns={}", accept_dns && !userspace)];
+    if userspace {
+        daemon_args.push(format!("--tun={}", crate::daemon::USERSPACE_NETWORKING));
+    }
+    daemon_args.extend(proxy_args);
     let health = boolean(env, "TS_ENABLE_HEALTH_CHECK", false)?;
     let metrics = boolean(env, "TS_ENABLE_METRICS", false)?;
     if health || metrics {
@@ -292,6 +302,25 @@ pub fn plan(env: &BTreeMap<String, String>) -> Result<BootPlan, String> {
         up,
         warnings,
     })
+}
+
+/// A proxy listen address as Tailscale's image takes it: `:1055` (every address),
+/// `localhost:1055`, or `ADDR:PORT`.
+fn listen_addr(key: &str, v: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("{key}={v:?}: want :PORT, localhost:PORT or ADDR:PORT");
+    if let Some(port) = v.strip_prefix(':') {
+        return Ok(SocketAddr::from((
+            [0, 0, 0, 0],
+            port.parse().map_err(|_| bad())?,
+        )));
+    }
+    if let Some(port) = v.strip_prefix("localhost:") {
+        return Ok(SocketAddr::from((
+            [127, 0, 0, 1],
+            port.parse().map_err(|_| bad())?,
+        )));
+    }
+    v.parse().map_err(|_| bad())
 }
 
 fn toml_string(s: &str) -> String {
@@ -461,8 +490,8 @@ mod tests {
         let p = plan(&env(&[("TS_KUBE_SECRET", "x"), ("TG_WHATEVER", "1")])).unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         let err = |pairs: &[(&str, &str)]| plan(&env(pairs)).unwrap_err();
-        assert!(err(&[("TS_USERSPACE", "true")]).contains("userspace networking is not available"));
-        assert!(err(&[("TS_SOCKS5_SERVER", ":1055")]).contains("TS_SOCKS5_SERVER"));
+        assert!(err(&[("TS_ROUTES", "10.0.0.0/24")]).contains("TS_USERSPACE=true cannot"));
+        assert!(err(&[("TS_SOCKS5_SERVER", "1055")]).contains("TS_SOCKS5_SERVER"));
         assert!(err(&[("TS_CLIENT_SECRET", "s")]).contains("TS_AUTHKEY"));
         assert!(err(&[("TS_ACCEPT_DNS", "maybe")]).contains("want true or false"));
         assert!(err(&[("TS_ROUTES", "10.0.0.0/33")]).contains("TS_ROUTES"));
@@ -479,10 +508,28 @@ mod tests {
         );
         assert!(err(&[("TS_DEBUG_MTU", "big")]).contains("TS_DEBUG_MTU"));
         let p = plan(&env(&[
+            ("TS_USERSPACE", "false"),
             ("TS_ACCEPT_DNS", "true"),
             ("TS_TAILSCALED_EXTRA_ARGS", "--no-xdp"),
         ]))
         .unwrap();
         assert_eq!(p.daemon_args, ["--accept-dns=true", "--no-xdp"]);
+        // The image's default: userspace networking, here with both proxies.
+        let p = plan(&env(&[
+            ("TS_SOCKS5_SERVER", ":1055"),
+            ("TS_OUTBOUND_HTTP_PROXY_LISTEN", "localhost:8080"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.daemon_args,
+            [
+                "--accept-dns=false",
+                "--tun=userspace-networking",
+                "--socks5-server",
+                "0.0.0.0:1055",
+                "--outbound-http-proxy-listen",
+                "127.0.0.1:8080"
+            ]
+        );
     }
 }

@@ -21,6 +21,8 @@ use crate::forwarding::{FastPath, Routing, RoutingStatus};
 use crate::io::tun::Tun;
 use crate::io::udp::WgSocket;
 use crate::netcfg::{InstalledRoutes, Netlink};
+use crate::netstack::proxy::{self, Dialer};
+use crate::netstack::Netstack;
 use crate::node_control::{ControlMode, DaemonParts};
 use crate::uapi;
 use crate::xdp::{AttachPreference, XdpForward, XdpWanIngress};
@@ -42,7 +44,17 @@ pub struct DaemonOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Point the system's resolver at MagicDNS, overriding `dns.accept_dns`.
     pub accept_dns: Option<bool>,
+    /// TUN device name overriding `interface.name`, or [`USERSPACE_NETWORKING`].
+    pub tun: Option<String>,
+    /// Serve a SOCKS5 proxy into the tailnet on this address.
+    pub socks5_server: Option<std::net::SocketAddr>,
+    /// Serve an HTTP proxy into the tailnet on this address.
+    pub http_proxy_listen: Option<std::net::SocketAddr>,
 }
+
+/// The `--tun` value for userspace networking (Tailscale's name): no TUN device, an
+/// embedded TCP/IP stack instead.
+pub const USERSPACE_NETWORKING: &str = "userspace-networking";
 
 /// The XDP program, or why there is none.
 struct XdpState {
@@ -52,17 +64,36 @@ struct XdpState {
 }
 
 /// Runs the daemon until SIGINT/SIGTERM or a fatal data-path error.
-pub async fn run(opts: DaemonOptions) -> Result<()> {
-    let cfg = Config::load(&opts.config)?;
+pub async fn run(mut opts: DaemonOptions) -> Result<()> {
+    let mut cfg = Config::load(&opts.config)?;
+    let userspace = opts.tun.as_deref() == Some(USERSPACE_NETWORKING);
+    if let Some(name) = opts.tun.as_ref().filter(|_| !userspace) {
+        cfg.interface.name = name.clone();
+    }
+    if userspace {
+        // No TUN: nothing for XDP to attach to, and no kernel forwarding to drive.
+        opts.no_xdp = true;
+    }
     let iface = &cfg.interface;
-    let tun = Tun::create(&iface.name, !opts.no_offload).with_context(|| {
-        format!(
-            "creating TUN device {} (needs root or CAP_NET_ADMIN and /dev/net/tun)",
-            iface.name
-        )
-    })?;
+    let (tun, netstack) = if userspace {
+        let (stack, tun) = Netstack::start(&iface.addresses, iface.mtu);
+        log::info!("userspace networking: no TUN device, an embedded TCP/IP stack instead");
+        (tun, Some(stack))
+    } else {
+        let tun = Tun::create(&iface.name, !opts.no_offload).with_context(|| {
+            format!(
+                "creating TUN device {} (needs root or CAP_NET_ADMIN and /dev/net/tun; or run \
+                 with --tun={USERSPACE_NETWORKING})",
+                iface.name
+            )
+        })?;
+        (tun, None)
+    };
     let netlink = Netlink::connect()?;
-    let index = netlink.link_index(tun.name()).await?;
+    let index = match &netstack {
+        Some(_) => 0,
+        None => netlink.link_index(tun.name()).await?,
+    };
     let socket = WgSocket::bind(iface.listen_port, !opts.no_offload)
         .await
         .with_context(|| format!("binding UDP port {}", iface.listen_port))?;
@@ -76,17 +107,22 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     ));
     dev.add_configured_peers(&cfg.peers)
         .map_err(|e| anyhow::anyhow!("{}: {e}", opts.config.display()))?;
-    netlink
-        .configure_interface(index, iface.mtu, &iface.addresses)
-        .await
-        .with_context(|| format!("configuring {}", iface.name))?;
-    if cfg.dns.enabled {
+    if netstack.is_none() {
+        netlink
+            .configure_interface(index, iface.mtu, &iface.addresses)
+            .await
+            .with_context(|| format!("configuring {}", iface.name))?;
+    }
+    if cfg.dns.enabled && netstack.is_none() {
         netlink
             .add_service_addresses(index, &DnsService::addresses())
             .await
             .with_context(|| format!("adding the MagicDNS addresses to {}", iface.name))?;
     }
-    let os_dns = prepare_os_dns(&cfg, &opts, &iface.name);
+    let os_dns = match &netstack {
+        Some(_) => Err("userspace networking".to_string()),
+        None => prepare_os_dns(&cfg, &opts, &iface.name),
+    };
     let resolvers = match &os_dns {
         Ok(os) => effective_resolvers(
             &cfg.dns.resolvers,
@@ -95,16 +131,29 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         ),
         Err(_) => cfg.dns.resolvers.clone(),
     };
-    let dns = Arc::new(start_dns(&cfg, resolvers));
-    let routes = Arc::new(tokio::sync::Mutex::new(InstalledRoutes::new(
-        netlink.clone(),
-        index,
-    )));
+    let dns = Arc::new(match &netstack {
+        Some(_) => DnsService::start(
+            DnsView::default(),
+            resolvers,
+            Some(
+                "userspace networking: no TUN for 100.100.100.100 (the proxies resolve peer names)"
+                    .into(),
+            ),
+        ),
+        None => start_dns(&cfg, resolvers),
+    });
+    let routes = Arc::new(tokio::sync::Mutex::new(match &netstack {
+        Some(_) => InstalledRoutes::userspace(netlink.clone()),
+        None => InstalledRoutes::new(netlink.clone(), index),
+    }));
     routes.lock().await.sync(&dev.allowed_networks()).await?;
     let xdp = attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp, opts.xdp).await;
     let fast = fast_path(&cfg, &opts, &netlink, xdp.interface.clone());
     let xdp = Arc::new(Mutex::new(xdp));
     let mut routing = Routing::new(&iface.name, index, netlink.clone(), fast);
+    if netstack.is_some() {
+        routing.set_userspace();
+    }
     if let Err(e) = routing.apply(&dev, &routes, cfg.routing.clone()).await {
         routing.teardown().await;
         return Err(e.context(format!("{}: routing settings", opts.config.display())));
@@ -121,6 +170,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
                 index,
                 mtu: iface.mtu,
                 dns: dns.feed(),
+                netstack: netstack.clone(),
             },
         )
     });
@@ -140,7 +190,37 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         opts.socket.display()
     );
 
+    let dialer = Dialer::new(netstack.clone(), dev.clone());
+    let proxies = [
+        ("SOCKS5", opts.socks5_server, true),
+        ("HTTP", opts.http_proxy_listen, false),
+    ];
+    let mut proxy_listeners = Vec::new();
+    for (what, addr, socks) in proxies {
+        if let Some(addr) = addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("{what} proxy: listening on {addr}"))?;
+            log::info!(
+                "{what} proxy into the tailnet on {}",
+                listener.local_addr()?
+            );
+            proxy_listeners.push((listener, socks));
+        }
+    }
+
     let mut tasks = JoinSet::new();
+    for (listener, socks) in proxy_listeners {
+        let dialer = dialer.clone();
+        tasks.spawn(async move {
+            if socks {
+                proxy::serve_socks5(listener, dialer).await;
+            } else {
+                proxy::serve_http(listener, dialer).await;
+            }
+            Ok(())
+        });
+    }
     tasks.spawn(named("tun reader", datapath::tun_to_udp(dev.clone())));
     tasks.spawn(named("udp reader", datapath::udp_to_tun(dev.clone())));
     tasks.spawn(async_ok(datapath::timers(dev.clone())));

@@ -18,6 +18,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod nat;
 pub mod netcfg;
+pub mod netstack;
 pub mod node_control;
 pub mod prefs;
 pub mod route;

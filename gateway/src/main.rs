@@ -60,6 +60,17 @@ enum Command {
             value_parser = clap::builder::BoolishValueParser::new(),
         )]
         accept_dns: Option<bool>,
+        /// TUN device name (overrides interface.name), or `userspace-networking`: no TUN and
+        /// no NET_ADMIN needed; an embedded TCP/IP stack reaches the tailnet, for the SOCKS5
+        /// and HTTP proxies (subnet routing and exit nodes need a TUN).
+        #[arg(long, value_name = "NAME|userspace-networking")]
+        tun: Option<String>,
+        /// Serve a SOCKS5 proxy into the tailnet on this address (e.g. localhost:1055).
+        #[arg(long, value_name = "ADDR:PORT")]
+        socks5_server: Option<std::net::SocketAddr>,
+        /// Serve an HTTP proxy (CONNECT and http:// URLs) into the tailnet on this address.
+        #[arg(long, value_name = "ADDR:PORT")]
+        outbound_http_proxy_listen: Option<std::net::SocketAddr>,
     },
     /// Show the interface, peers, handshakes, transfer and data-path mode of the running daemon.
     Status {
@@ -147,6 +158,9 @@ fn run(cli: Cli) -> Result<()> {
             no_offload,
             metrics_listen,
             accept_dns,
+            tun,
+            socks5_server,
+            outbound_http_proxy_listen,
         } => runtime()?.block_on(daemon::run(DaemonOptions {
             config,
             socket: cli.socket,
@@ -155,6 +169,9 @@ fn run(cli: Cli) -> Result<()> {
             xdp,
             metrics_listen,
             accept_dns,
+            tun,
+            socks5_server,
+            http_proxy_listen: outbound_http_proxy_listen,
         })),
         Command::Status { json } => {
             let response = runtime()?.block_on(api::request(&cli.socket, &Request::Status))?;

@@ -56,6 +56,8 @@ pub struct DaemonParts {
     pub mtu: u16,
     /// Where the MagicDNS resolver gets its view (none when it does not run).
     pub dns: Option<crate::dns::service::DnsFeed>,
+    /// Userspace networking: the stack that holds the addresses instead of a TUN.
+    pub netstack: Option<crate::netstack::Netstack>,
 }
 
 /// The running session: its event pump, stopped through `stop`.
@@ -228,11 +230,15 @@ impl ControlMode {
             IpNet::new(IpAddr::V4(reg.ipv4), 32).map_err(|e| e.to_string())?,
             IpNet::new(IpAddr::V6(reg.ipv6), 128).map_err(|e| e.to_string())?,
         ];
-        self.parts
-            .netlink
-            .configure_interface(self.parts.index, self.parts.mtu, &addresses)
-            .await
-            .map_err(|e| format!("configuring the tailnet addresses: {e:#}"))?;
+        match &self.parts.netstack {
+            Some(stack) => stack.set_addresses(&addresses),
+            None => self
+                .parts
+                .netlink
+                .configure_interface(self.parts.index, self.parts.mtu, &addresses)
+                .await
+                .map_err(|e| format!("configuring the tailnet addresses: {e:#}"))?,
+        }
         {
             let mut routing = self.parts.routing.lock().await;
             routing
@@ -273,7 +279,11 @@ impl ControlMode {
                 (p, target)
             })
         });
-        let tunnel = start_prober(ProbeTiming::TUNNEL, "tunnel probes of primary routers");
+        // The probes are kernel ICMP sockets: without a TUN they cannot reach the tunnel.
+        let tunnel = match self.parts.netstack {
+            Some(_) => None,
+            None => start_prober(ProbeTiming::TUNNEL, "tunnel probes of primary routers"),
+        };
         let (stop_tx, stop_rx) = oneshot::channel();
         let pump = tokio::spawn(pump(
             self.clone(),
@@ -352,11 +362,15 @@ impl ControlMode {
             .filter_map(|a| a.parse::<IpAddr>().ok())
             .map(IpNet::from)
             .collect();
-        self.parts
-            .netlink
-            .remove_addresses(self.parts.index, &addresses)
-            .await
-            .map_err(|e| format!("removing the tailnet addresses: {e:#}"))?;
+        match &self.parts.netstack {
+            Some(stack) => stack.set_addresses(&[]),
+            None => self
+                .parts
+                .netlink
+                .remove_addresses(self.parts.index, &addresses)
+                .await
+                .map_err(|e| format!("removing the tailnet addresses: {e:#}"))?,
+        }
         let mut v = lock(&self.view);
         v.status.state = "stopped".into();
         v.status.error = None;

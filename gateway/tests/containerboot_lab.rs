@@ -1,7 +1,8 @@
 //! `tailgate containerboot` (the container entrypoint) with Tailscale's TS_* variables, against
-//! a control server in the lab: the node comes up, a peer reaches it through the tunnel,
-//! `/healthz` and `/metrics` answer, SIGTERM stops it cleanly; bad variables stop it with the
-//! reason. Needs root; the lab removes everything on drop.
+//! a control server in the lab. Kernel mode (`TS_USERSPACE=false`): the node comes up, a peer
+//! pings it through the tunnel, `/healthz` and `/metrics` answer, SIGTERM stops it and removes
+//! its TUN. Userspace mode (the default): it reaches a peer through its SOCKS5 proxy. Bad
+//! variables stop it with the reason. Needs root; the lab removes everything on drop.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use std::net::SocketAddr;
 use tailgate_bench::lab::control::{ControlServer, CtlNode, TempDir, SETTLE};
+use tailgate_bench::lab::proxy_client::{echo_roundtrip, echo_server, socks5_connect};
 use tailgate_bench::lab::{self, wait_for, Lab, Netns, Process};
 
 const TAILGATE: &str = env!("CARGO_BIN_EXE_tailgate");
@@ -73,11 +76,7 @@ fn containerboot_brings_a_node_up_from_ts_variables() {
 
     // Unsupported and malformed values stop it at once, with the reason.
     for (k, v, why) in [
-        (
-            "TS_USERSPACE",
-            "true",
-            "userspace networking is not available",
-        ),
+        ("TS_SOCKS5_SERVER", "1055", "TS_SOCKS5_SERVER"),
         ("TS_ROUTES", "10.0.0.0/33", "TS_ROUTES"),
         ("TS_EXTRA_ARGS", "--ssh", "not a tailgate up flag"),
     ] {
@@ -86,7 +85,8 @@ fn containerboot_brings_a_node_up_from_ts_variables() {
         assert!(!out.status.success() && err.contains(why), "{k}={v}: {err}");
     }
 
-    let mut ctr = Process::spawn("containerboot", boot(&[])).expect("containerboot");
+    let mut ctr =
+        Process::spawn("containerboot", boot(&[("TS_USERSPACE", "false")])).expect("containerboot");
     wait_for("containerboot to bring the node up", SETTLE, || {
         ctr.check_running()?;
         Ok(ctr
@@ -126,5 +126,49 @@ fn containerboot_brings_a_node_up_from_ts_variables() {
     assert!(ctr.stop().expect("stop"), "clean exit:\n{}", ctr.log());
     let links = host.ns.ip(&["-o", "link"]).unwrap();
     assert!(!links.contains(&tun), "TUN left behind: {links}");
+
+    // The image's default, userspace networking: no TUN; the peer is reached through SOCKS5.
+    let peer_v4 = peer.status_json().unwrap()["control"]["addresses"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let echo = echo_server(&peer.host.ns, 7000, 1).expect("echo server");
+    let mut ctr = Process::spawn(
+        "containerboot",
+        boot(&[("TS_SOCKS5_SERVER", "localhost:1055")]),
+    )
+    .expect("containerboot (userspace)");
+    wait_for(
+        "containerboot (userspace) to bring the node up",
+        SETTLE,
+        || {
+            ctr.check_running()?;
+            Ok(ctr
+                .log()
+                .contains("containerboot: up as boxed")
+                .then_some(()))
+        },
+    )
+    .expect("up (userspace)");
+    let back = host
+        .ns
+        .spawn_inside(move || -> Result<Vec<u8>> {
+            let proxy = SocketAddr::from(([127, 0, 0, 1], 1055));
+            let (code, s) = wait_for("the peer through SOCKS5", SETTLE, || {
+                let (code, s) = socks5_connect(proxy, &peer_v4, 7000)?;
+                Ok((code == 0).then_some((code, s)))
+            })?;
+            assert_eq!(code, 0);
+            echo_roundtrip(s, b"from the container")
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .expect("SOCKS5 echo");
+    assert_eq!(back, b"from the container");
+    echo.join().unwrap().expect("echo server");
+    let (code, _) = get(&host.ns, "/healthz").expect("healthz (userspace)");
+    assert_eq!(code, 200);
+    assert!(ctr.stop().expect("stop"), "clean exit:\n{}", ctr.log());
     let _ = &mut peer;
 }

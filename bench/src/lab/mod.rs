@@ -10,6 +10,7 @@ pub mod control;
 pub mod netns;
 pub mod node;
 pub mod process;
+pub mod proxy_client;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;

@@ -100,9 +100,10 @@ pub fn is_managed(text: &str) -> bool {
 /// Replaces the content of `path` with `data`.
 ///
 /// A regular file is replaced atomically (temp file and rename), keeping its permission bits.
-/// A symlink is written through (its target gets the content, the link stays), and so is a
-/// bind-mounted file as containers have it, where a rename over it fails: both are rewritten in
-/// place.
+/// A symlink is written through (its target gets the content, the link stays). A bind-mounted
+/// file as containers have it, and a file writable in a read-only directory (systemd's
+/// `ProtectSystem=strict` with `ReadWritePaths=/etc/resolv.conf`), where a temp file or rename
+/// fails, are rewritten in place.
 pub fn replace_content(path: &Path, data: &[u8]) -> Result<()> {
     let meta = fs::symlink_metadata(path);
     let is_symlink = meta.as_ref().is_ok_and(|m| m.file_type().is_symlink());
@@ -127,11 +128,17 @@ pub fn replace_content(path: &Path, data: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// A rename that failed because the target is a mount point (EBUSY) or on another mount (EXDEV).
+/// A write that failed because the target is a mount point (EBUSY), on another mount (EXDEV),
+/// or in a read-only directory (EROFS).
 fn is_busy_mount(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .any(|io| matches!(io.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)))
+        .any(|io| {
+            matches!(
+                io.raw_os_error(),
+                Some(libc::EBUSY) | Some(libc::EXDEV) | Some(libc::EROFS)
+            )
+        })
 }
 
 #[cfg(test)]

@@ -89,9 +89,17 @@ pub struct Routing {
     status: RoutingStatus,
     nft_installed: bool,
     fast: FastPath,
+    /// Userspace networking: no kernel forwarding, NAT or policy routing to drive.
+    userspace: bool,
 }
 
 impl Routing {
+    /// Marks the node as running userspace networking: preferences that need the kernel
+    /// (subnet routes, exit node service or use) are refused with the reason.
+    pub fn set_userspace(&mut self) {
+        self.userspace = true;
+    }
+
     /// Nothing applied yet for TUN `ifname` (index `index`); `fast` forwards what it can.
     pub fn new(ifname: &str, index: u32, netlink: Netlink, fast: FastPath) -> Routing {
         Routing {
@@ -101,6 +109,7 @@ impl Routing {
             status: RoutingStatus::default(),
             nft_installed: false,
             fast,
+            userspace: false,
         }
     }
 
@@ -155,6 +164,12 @@ impl Routing {
         mut prefs: RoutingPrefs,
     ) -> Result<()> {
         prefs.normalize().map_err(|e| anyhow!(e))?;
+        if self.userspace && (prefs.is_router() || prefs.exit_node.is_some()) {
+            return Err(anyhow!(
+                "userspace networking cannot forward subnet routes, serve as an exit node or use \
+                 one: run with a TUN device (without --tun=userspace-networking)"
+            ));
+        }
         dev.set_routing(&prefs).map_err(|e| anyhow!(e))?;
         routes.lock().await.sync(&dev.allowed_networks()).await?;
 

@@ -1,4 +1,6 @@
-//! A Linux TUN device (`IFF_TUN | IFF_NO_PI`), non-blocking, driven by tokio.
+//! A Linux TUN device (`IFF_TUN | IFF_NO_PI`), non-blocking, driven by tokio — or, in
+//! userspace networking mode, a pair of channels to the embedded TCP/IP stack
+//! ([`crate::netstack`]) that the data path uses the same way.
 //!
 //! The device exists as long as the file descriptor is open; the kernel removes it, with its
 //! addresses and routes, when the [`Tun`] is dropped.
@@ -34,11 +36,22 @@ pub struct TunOffloads {
     pub uso: bool,
 }
 
-/// An open TUN device.
+/// An open TUN device, or the userspace stack's end of one.
 pub struct Tun {
-    fd: AsyncFd<OwnedFd>,
+    io: TunIo,
     name: String,
     offloads: TunOffloads,
+}
+
+/// Where packets go.
+enum TunIo {
+    /// A kernel TUN device.
+    Kernel(AsyncFd<OwnedFd>),
+    /// The userspace stack: packets it sends, and a way to hand it packets.
+    Stack {
+        from_stack: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        to_stack: tokio::sync::mpsc::Sender<Vec<u8>>,
+    },
 }
 
 #[repr(C)]
@@ -99,7 +112,33 @@ impl Tun {
         let fd =
             unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
                 .map_err(|e| e.into_parts().1)?;
-        Ok(Tun { fd, name, offloads })
+        Ok(Tun {
+            io: TunIo::Kernel(fd),
+            name,
+            offloads,
+        })
+    }
+
+    /// The userspace stack's side as a TUN: `recv` yields what the stack sends out through
+    /// `from_stack`, `send` hands packets to it through `to_stack`. No offloads.
+    pub fn userspace(
+        name: &str,
+        from_stack: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        to_stack: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Tun {
+        Tun {
+            io: TunIo::Stack {
+                from_stack: tokio::sync::Mutex::new(from_stack),
+                to_stack,
+            },
+            name: name.to_string(),
+            offloads: TunOffloads::default(),
+        }
+    }
+
+    /// True for the userspace stack's side (no kernel device).
+    pub fn is_userspace(&self) -> bool {
+        matches!(self.io, TunIo::Stack { .. })
     }
 
     /// The kernel's name for the device.
@@ -114,8 +153,19 @@ impl Tun {
 
     /// Reads one IP packet (prefixed by a virtio header when `offloads().vnet_hdr`) into `buf`, waiting until one is available.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = match &self.io {
+            TunIo::Kernel(fd) => fd,
+            TunIo::Stack { from_stack, .. } => {
+                let packet = from_stack.lock().await.recv().await.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the userspace stack stopped")
+                })?;
+                let n = packet.len().min(buf.len());
+                buf[..n].copy_from_slice(&packet[..n]);
+                return Ok(n);
+            }
+        };
         loop {
-            let mut guard = self.fd.readable().await?;
+            let mut guard = fd.readable().await?;
             match guard.try_io(|fd| sys_read(fd.as_raw_fd(), buf)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
@@ -125,8 +175,17 @@ impl Tun {
 
     /// Writes one IP packet, waiting while the device queue is full.
     pub async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        let fd = match &self.io {
+            TunIo::Kernel(fd) => fd,
+            TunIo::Stack { to_stack, .. } => {
+                to_stack.send(packet.to_vec()).await.map_err(|_| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the userspace stack stopped")
+                })?;
+                return Ok(packet.len());
+            }
+        };
         loop {
-            let mut guard = self.fd.writable().await?;
+            let mut guard = fd.writable().await?;
             match guard.try_io(|fd| sys_write(fd.as_raw_fd(), packet)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,

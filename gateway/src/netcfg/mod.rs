@@ -298,6 +298,8 @@ pub struct InstalledRoutes {
     netlink: Netlink,
     index: u32,
     routes: HashMap<IpNet, Option<RouteMessage>>,
+    /// Userspace networking: there is no TUN to route to, so nothing is installed.
+    userspace: bool,
 }
 
 impl InstalledRoutes {
@@ -307,11 +309,23 @@ impl InstalledRoutes {
             netlink,
             index,
             routes: HashMap::new(),
+            userspace: false,
+        }
+    }
+
+    /// A table for userspace networking: routing is the device's alone, no kernel routes.
+    pub fn userspace(netlink: Netlink) -> Self {
+        InstalledRoutes {
+            userspace: true,
+            ..InstalledRoutes::new(netlink, 0)
         }
     }
 
     /// Adds routes for new networks in `wanted` and removes those no longer wanted.
     pub async fn sync(&mut self, wanted: &[IpNet]) -> Result<()> {
+        if self.userspace {
+            return Ok(());
+        }
         let stale: Vec<IpNet> = self
             .routes
             .keys()
