@@ -2,7 +2,8 @@
 //!
 //! - `setup`: installs every tool the build and the tests need (idempotent, quick when done)
 //! - `build`: builds the eBPF object and `target/release/tailgate` with it embedded
-//! - `test`:  setup + build + fmt + clippy + every test (unit and network-namespace tests)
+//! - `test`:  setup + build + fmt + clippy + every test (unit and network-namespace tests) +
+//!   the package check (lintian, install into fresh Debian roots, the unit started there)
 //! - `demo`:  setup + build + a lab of namespaces with two tailgate nodes and one wireguard-go
 //! - `bench tunnel [--quick] [--out PATH]`: setup + build + the tunnel benchmark (tailgate vs
 //!   veth, wireguard-go and boringtun-cli), written to `docs/benchmarks.md` by default
@@ -12,8 +13,10 @@
 //! - `bench failover [--quick] [--trials N] [--out PATH]`: setup + build + the HA failover
 //!   benchmark (kill -9, WAN link down, LAN probe failing; 20 trials each), written to
 //!   `docs/benchmarks-failover.md` by default
+//! - `package deb`: setup + build + the Debian package in `target/deb/` (docs/packaging.md)
 
 mod ebpf;
+mod package;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -45,11 +48,22 @@ enum Task {
     },
     /// Build everything and run a demo lab: two tailgate nodes and a wireguard-go node.
     Demo,
+    /// Build target/release/tailgate and package it into target/deb/.
+    Package {
+        #[command(subcommand)]
+        format: PackageFormat,
+    },
     /// Build everything and run a benchmark (needs root).
     Bench {
         #[command(subcommand)]
         bench: Bench,
     },
+}
+
+#[derive(Subcommand)]
+enum PackageFormat {
+    /// A Debian package: binary, hardened systemd unit, default config, man page.
+    Deb,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +133,13 @@ fn main() -> Result<()> {
             setup::run()?;
             let bin = build(&root)?;
             lab_binary(&root, "tailgate-demo")?.arg(&bin).status_ok()
+        }
+        Task::Package {
+            format: PackageFormat::Deb,
+        } => {
+            setup::run()?;
+            let bin = build(&root)?;
+            package::build(&root, &bin).map(drop)
         }
         Task::Bench { bench } => {
             let (name, default_out, quick, trials, out) = match bench {
@@ -224,7 +245,12 @@ fn test(root: &Path, bin: &Path, filter: Option<&str>) -> Result<()> {
     }
     // The lab tests share two cores with the peers they start; run them one at a time.
     cmd.arg("--test-threads=1");
-    cmd.status_ok()
+    cmd.status_ok()?;
+    // The Debian package, checked as if it were a test named `package_deb`.
+    if filter.is_none_or(|f| "package_deb".contains(f)) {
+        package::check(root, bin)?;
+    }
+    Ok(())
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Command {

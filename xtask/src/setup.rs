@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// Debian packages: the Debian rustc with library sources (eBPF build), LLVM for bpf-linker,
-/// and the peers and tools the lab tests use.
+/// the peers and tools the lab tests use, and the packaging tools.
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -27,6 +27,15 @@ const APT_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "dnsmasq-base",
     "dnsperf",
+    // ACL tests: TCP and UDP probes.
+    "netcat-openbsd",
+    // The Debian package (`cargo xtask package deb`) and its check: man page, lintian,
+    // dpkg-shlibdeps, a fresh root to install it into and systemd-nspawn to boot that root.
+    "help2man",
+    "lintian",
+    "dpkg-dev",
+    "mmdebstrap",
+    "systemd-container",
 ];
 
 /// Tools installed with `cargo install`: (binary, crate, version, extra args, PATH prefix).
