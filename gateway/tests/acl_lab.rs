@@ -20,8 +20,12 @@ const POLICY: &str = r#"{
   "acls": [
     { "action": "accept", "src": ["group:eng"], "dst": ["tag:server:22", "lan:*"] },
     { "action": "accept", "src": ["bob@example.com"], "proto": "udp", "dst": ["tag:server:5353"] },
+    { "action": "accept", "src": ["alice@example.com"], "dst": ["autogroup:internet:*"] },
   ],
-  "autoApprovers": { "routes": { "192.168.50.0/24": ["tag:router"] } },
+  "autoApprovers": {
+    "routes": { "192.168.50.0/24": ["tag:router"] },
+    "exitNode": ["tag:router"],
+  },
   "tests": [
     { "src": "alice@example.com", "accept": ["tag:server:22", "192.168.50.5:80"], "deny": ["tag:server:80"] },
   ],
@@ -145,7 +149,7 @@ fn acl_lab(router_args: &[&str]) {
     );
     let good = write_policy(&dir, "policy.hujson", POLICY);
     let out = server.admin(&["policy", "set", &good]).expect("policy set");
-    assert!(out.contains("2 acls, 1 tests passed"), "{out}");
+    assert!(out.contains("3 acls, 1 tests passed"), "{out}");
     let e = server
         .admin(&["policy", "set", &broken])
         .unwrap_err()
@@ -193,10 +197,19 @@ fn acl_lab(router_args: &[&str]) {
             "192.168.50.0/24",
         ],
     );
+    // An exit node with an "internet" host behind it.
+    let mut exit = CtlNode::start(&lab, bin(), 5, "").expect("exit node");
+    exit.lan_host("inet0", "203.0.113.254/24", "203.0.113.1/24")
+        .expect("internet host");
+    up(
+        &exit,
+        key(&["--tags", "tag:router"]),
+        &["--hostname", "exit", "--advertise-exit-node"],
+    );
 
     // Each node sees only who it may reach or who may reach it.
-    alice.wait_peers(2).expect("alice: srv and router");
-    assert_eq!(peer_names(&alice), ["router", "srv"]);
+    alice.wait_peers(3).expect("alice: srv, router and exit");
+    assert_eq!(peer_names(&alice), ["exit", "router", "srv"]);
     bob.wait_peers(1).expect("bob: srv only");
     assert_eq!(peer_names(&bob), ["srv"]);
     srv.wait_peers(2).expect("srv: alice and bob");
@@ -242,6 +255,18 @@ fn acl_lab(router_args: &[&str]) {
         "alice → LAN:80"
     );
     assert!(!pings(&bob.host.ns, "192.168.50.5"), "bob → LAN");
+    // alice may use the exit node (autogroup:internet); bob does not even see it.
+    alice
+        .cli(&["set", "--exit-node=exit"])
+        .expect("alice uses the exit node");
+    alice
+        .wait_ping("203.0.113.1")
+        .expect("alice → internet via exit");
+    assert!(
+        bob.cli(&["set", "--exit-node=exit"]).is_err(),
+        "bob has no exit node in his netmap"
+    );
+    alice.cli(&["set", "--exit-node="]).expect("exit node off");
 
     // Counters: the server node counted drops; the router counted accepted flows.
     let st = srv.status_json().unwrap();
@@ -302,7 +327,7 @@ fn acl_lab(router_args: &[&str]) {
         0,
         "allowed flows keep going across a policy update"
     );
-    let _ = (&mut alice, &mut bob, &mut srv, &mut router);
+    let _ = (&mut alice, &mut bob, &mut srv, &mut router, &mut exit);
 }
 
 #[test]
