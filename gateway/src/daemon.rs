@@ -510,6 +510,7 @@ impl ApiContext {
             Request::Status => {
                 let routing = self.routing.lock().await.report();
                 let mut st = status(&self.dev, &self.xdp, self.mtu, routing);
+                st.dns = self.dns.status().stats;
                 if let Some(c) = &self.control {
                     c.annotate(&mut st.peers);
                     st.control = Some(c.status());
@@ -643,6 +644,7 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus)
         drops: dev.counters.snapshot(),
         batching: dev.counters.batching.snapshot(),
         filter: dev.filter.status(),
+        dns: None,
         routing,
         peers: snap
             .peers
@@ -656,6 +658,9 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus)
                     .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
+                rx_packets: p.rx_packets,
+                tx_packets: p.tx_packets,
+                handshakes: p.handshakes,
                 persistent_keepalive: p.persistent_keepalive,
                 name: None,
                 addresses: None,

@@ -95,7 +95,7 @@ pub fn render(st: &Status) -> String {
     let peers = &st.peers;
     let name_of = |p: &PeerStatus| p.name.clone().unwrap_or_default();
     type PeerValue = fn(&PeerStatus) -> Option<u64>;
-    let per_peer: [(&str, &str, &str, PeerValue); 3] = [
+    let per_peer: [(&str, &str, &str, PeerValue); 6] = [
         (
             "tailgate_peer_receive_bytes_total",
             "counter",
@@ -107,6 +107,24 @@ pub fn render(st: &Status) -> String {
             "counter",
             "Bytes sent to each peer (WireGuard datagrams).",
             |p| Some(p.tx_bytes),
+        ),
+        (
+            "tailgate_peer_receive_packets_total",
+            "counter",
+            "Authenticated WireGuard datagrams received from each peer.",
+            |p| Some(p.rx_packets),
+        ),
+        (
+            "tailgate_peer_transmit_packets_total",
+            "counter",
+            "WireGuard datagrams sent to each peer.",
+            |p| Some(p.tx_packets),
+        ),
+        (
+            "tailgate_peer_handshakes_total",
+            "counter",
+            "Handshakes completed with each peer (either role).",
+            |p| Some(p.handshakes),
         ),
         (
             "tailgate_peer_last_handshake_age_seconds",
@@ -135,6 +153,19 @@ pub fn render(st: &Status) -> String {
     for (reason, n) in numbers(&drops) {
         let reason = reason.strip_prefix("drop_").unwrap_or(&reason).to_string();
         f.sample("tailgate_drops_total", &[("reason", &reason)], n);
+    }
+
+    if let Some(dns) = &st.dns {
+        let v = serde_json::to_value(dns).unwrap_or_default();
+        let mut f = Family::new(
+            &mut out,
+            "tailgate_dns_total",
+            "counter",
+            "MagicDNS resolver counters: queries, how they were answered, upstream trouble.",
+        );
+        for (what, n) in numbers(&v) {
+            f.sample("tailgate_dns_total", &[("counter", &what)], n);
+        }
     }
 
     let filter = &st.filter;
@@ -396,6 +427,7 @@ mod tests {
             drops: Default::default(),
             batching: Default::default(),
             filter: Default::default(),
+            dns: None,
             routing: Default::default(),
             peers: vec![PeerStatus {
                 public_key: "AAAA\"quoted\"".into(),
@@ -404,6 +436,9 @@ mod tests {
                 latest_handshake_secs_ago: Some(3),
                 rx_bytes: 10,
                 tx_bytes: 20,
+                rx_packets: 1,
+                tx_packets: 2,
+                handshakes: 1,
                 persistent_keepalive: 0,
                 name: Some("r1".into()),
                 addresses: None,
@@ -426,6 +461,8 @@ mod tests {
         assert!(m.contains("tailgate_xdp_wan_packets_total{outcome=\"pass_wg_data\"} 7\n"));
         assert!(m.contains("tailgate_route_primary{route=\"10.0.50.0/24\""));
         assert!(m.contains("tailgate_drops_total{reason=\"malformed\"} 0\n"));
+        assert!(m.contains("tailgate_peer_handshakes_total{"), "{m}");
+        assert!(m.contains("tailgate_peer_receive_packets_total{"), "{m}");
         // Every sample line belongs to a family announced before it.
         let mut announced = std::collections::HashSet::new();
         for line in m.lines() {

@@ -77,6 +77,15 @@ fn metrics_and_health_endpoints() {
         .unwrap_or_else(|| panic!("no receive counter for the peer:\n{metrics}"));
     assert!(rx > 0.0, "{metrics}");
     assert_eq!(sample(&metrics, "tailgate_up", "interface"), Some(1.0));
+    let handshakes = sample(&metrics, "tailgate_peer_handshakes_total", &k2.public);
+    assert!(handshakes.unwrap_or(0.0) >= 1.0, "{metrics}");
+    let packets = sample(&metrics, "tailgate_peer_receive_packets_total", &k2.public);
+    assert!(packets.unwrap_or(0.0) >= 3.0, "{metrics}");
+    // The MagicDNS resolver's counters (it runs by default).
+    assert!(
+        metrics.contains("tailgate_dns_total{counter=\"queries\"}"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("tailgate_drops_total{reason="),
         "{metrics}"

@@ -31,6 +31,9 @@ pub struct Status {
     /// The tailnet policy's packet filter.
     #[serde(default)]
     pub filter: crate::filter::FilterStatus,
+    /// MagicDNS query counters (absent when the resolver does not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsStatsSnapshot>,
     /// Routing preferences and what is in force for them.
     pub routing: RoutingStatus,
     /// Peers, sorted by public key.
@@ -89,6 +92,15 @@ pub struct PeerStatus {
     pub latest_handshake_secs_ago: Option<u64>,
     /// Bytes received.
     pub rx_bytes: u64,
+    /// Datagrams received from the peer.
+    #[serde(default)]
+    pub rx_packets: u64,
+    /// Datagrams sent to the peer.
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Handshakes completed with the peer.
+    #[serde(default)]
+    pub handshakes: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
     /// Persistent keepalive interval (0 = off).

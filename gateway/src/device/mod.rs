@@ -417,6 +417,9 @@ impl Device {
                     last_handshake: stats.last_handshake,
                     tx_bytes: stats.tx_bytes,
                     rx_bytes: stats.rx_bytes,
+                    tx_packets: stats.tx_packets,
+                    rx_packets: stats.rx_packets,
+                    handshakes: stats.handshakes,
                     persistent_keepalive: s.persistent_keepalive,
                     allowed_ips: st.effective_networks(p),
                 }

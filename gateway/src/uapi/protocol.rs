@@ -198,6 +198,12 @@ pub struct PeerSnapshot {
     pub tx_bytes: u64,
     /// Bytes received from the peer.
     pub rx_bytes: u64,
+    /// Datagrams sent to the peer.
+    pub tx_packets: u64,
+    /// Authenticated datagrams received from the peer.
+    pub rx_packets: u64,
+    /// Handshakes completed with the peer (either role).
+    pub handshakes: u64,
     /// Persistent keepalive interval (0 = off).
     pub persistent_keepalive: u16,
     /// Allowed IPs.
@@ -303,6 +309,9 @@ mod tests {
                 last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::new(5, 7)),
                 tx_bytes: 1,
                 rx_bytes: 2,
+                tx_packets: 0,
+                rx_packets: 0,
+                handshakes: 0,
                 persistent_keepalive: 25,
                 allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
             }],
