@@ -194,18 +194,10 @@ impl PacketFilter {
 
 #[cfg(test)]
 mod tests {
+    use super::packet::build::v4;
     use super::*;
     use crate::control::proto::DstPorts;
 
-    fn v4(proto: u8, src: [u8; 4], dst: [u8; 4], l4: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
-        p.extend_from_slice(&src);
-        p.extend_from_slice(&dst);
-        p.extend_from_slice(l4);
-        let len = p.len() as u16;
-        p[2..4].copy_from_slice(&len.to_be_bytes());
-        p
-    }
     fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         let mut l4 = sport.to_be_bytes().to_vec();
         l4.extend_from_slice(&dport.to_be_bytes());

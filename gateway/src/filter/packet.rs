@@ -143,11 +143,10 @@ pub fn parse(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     Ok(info)
 }
 
+/// Test packet builders, shared by the filter's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An IPv4 header (20 bytes) + `l4`.
+pub(crate) mod build {
+    /// An IPv4 header (20 bytes, total length set) + `l4`.
     pub fn v4(proto: u8, src: [u8; 4], dst: [u8; 4], l4: &[u8]) -> Vec<u8> {
         let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
         p.extend_from_slice(&src);
@@ -157,6 +156,12 @@ mod tests {
         p[2..4].copy_from_slice(&len.to_be_bytes());
         p
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::v4;
+    use super::*;
 
     #[test]
     fn reads_ports_and_icmp() {

@@ -128,15 +128,27 @@ pub async fn splice(client: TcpStream, upstream: Upstream) -> io::Result<()> {
 
 /// Serves SOCKS5 on `listener` until the task is dropped.
 pub async fn serve_socks5(listener: TcpListener, dialer: Dialer) {
+    serve(listener, dialer, "SOCKS5", |client, dialer| async move {
+        socks5(client, &dialer).await
+    })
+    .await
+}
+
+/// Accepts clients and runs `handle` for each in its own task.
+async fn serve<F, Fut>(listener: TcpListener, dialer: Dialer, what: &'static str, handle: F)
+where
+    F: Fn(TcpStream, Dialer) -> Fut,
+    Fut: std::future::Future<Output = io::Result<()>> + Send + 'static,
+{
     loop {
         let Ok((client, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let dialer = dialer.clone();
+        let work = handle(client, dialer.clone());
         tokio::spawn(async move {
-            if let Err(e) = socks5(client, &dialer).await {
-                log::debug!("socks5 client {peer}: {e}");
+            if let Err(e) = work.await {
+                log::debug!("{what} proxy client {peer}: {e}");
             }
         });
     }
@@ -232,18 +244,10 @@ async fn socks5_reply(client: &mut TcpStream, code: u8) -> io::Result<()> {
 
 /// Serves the HTTP proxy on `listener` until the task is dropped.
 pub async fn serve_http(listener: TcpListener, dialer: Dialer) {
-    loop {
-        let Ok((client, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let dialer = dialer.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http_proxy(client, &dialer).await {
-                log::debug!("HTTP proxy client {peer}: {e}");
-            }
-        });
-    }
+    serve(listener, dialer, "HTTP", |client, dialer| async move {
+        http_proxy(client, &dialer).await
+    })
+    .await
 }
 
 /// The parts of an HTTP proxy request.
