@@ -93,19 +93,6 @@ fn peer_names(n: &CtlNode) -> Vec<String> {
     names
 }
 
-fn v4(n: &CtlNode) -> String {
-    let st = n.status_json().expect("status");
-    st["control"]["addresses"]
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .find(|x| x.starts_with("100."))
-        })
-        .expect("tailnet v4")
-        .to_string()
-}
-
 fn write_policy(dir: &TempDir, name: &str, text: &str) -> String {
     let p = dir.0.join(name);
     std::fs::write(&p, text).unwrap();
@@ -216,7 +203,7 @@ fn acl_lab(router_args: &[&str]) {
     assert_eq!(peer_names(&srv), ["alice", "bob"]);
     router.wait_peers(1).expect("router: alice");
 
-    let (va, vs) = (v4(&alice), v4(&srv));
+    let (va, vs) = (alice.tailnet_v4().unwrap(), srv.tailnet_v4().unwrap());
     let lan = router.lan(0).expect("LAN namespace");
     let _ssh = tcp_listener(&srv.host.ns, 22);
     let _http = tcp_listener(&srv.host.ns, 80);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use std::net::SocketAddr;
-use tailgate_bench::lab::control::{ControlServer, CtlNode, TempDir, SETTLE};
+use tailgate_bench::lab::control::{tailnet_v4_of, ControlServer, CtlNode, TempDir, SETTLE};
 use tailgate_bench::lab::proxy_client::{echo_roundtrip, echo_server, socks5_connect};
 use tailgate_bench::lab::{self, wait_for, Lab, Netns, Process};
 
@@ -103,15 +103,7 @@ fn containerboot_brings_a_node_up_from_ts_variables() {
         .unwrap(),
     )
     .unwrap();
-    let v4 = st["control"]["addresses"]
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .find(|x| x.starts_with("100."))
-        })
-        .expect("tailnet address")
-        .to_string();
+    let v4 = tailnet_v4_of(&st).expect("tailnet address");
     peer.wait_peers(1).expect("the peer sees the container");
     peer.wait_ping(&v4)
         .expect("peer → container through the tunnel");
@@ -128,10 +120,7 @@ fn containerboot_brings_a_node_up_from_ts_variables() {
     assert!(!links.contains(&tun), "TUN left behind: {links}");
 
     // The image's default, userspace networking: no TUN; the peer is reached through SOCKS5.
-    let peer_v4 = peer.status_json().unwrap()["control"]["addresses"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let peer_v4 = peer.tailnet_v4().unwrap();
     let echo = echo_server(&peer.host.ns, 7000, 1).expect("echo server");
     let mut ctr = Process::spawn(
         "containerboot",

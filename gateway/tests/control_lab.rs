@@ -25,7 +25,6 @@ fn require_root() {
 trait NodeExt {
     fn status(&self) -> Result<Status>;
     /// This node's tailnet IPv4 address.
-    fn tailnet_v4(&self) -> Result<String>;
     fn ping(&self, dst: &str) -> Result<String>;
 }
 
@@ -33,13 +32,6 @@ impl NodeExt for CtlNode {
     fn status(&self) -> Result<Status> {
         let s = self.cli(&["status", "--json"]).map_err(|e| anyhow!(e))?;
         Ok(serde_json::from_str(&s)?)
-    }
-
-    fn tailnet_v4(&self) -> Result<String> {
-        let st = self.status()?;
-        st.control
-            .and_then(|c| c.addresses.into_iter().find(|a| !a.contains(':')))
-            .ok_or_else(|| anyhow!("no tailnet address yet"))
     }
 
     fn ping(&self, dst: &str) -> Result<String> {

@@ -58,8 +58,7 @@ fn userspace_node_reaches_the_tailnet_through_its_proxies() {
     let links = user.host.ns.ip(&["-o", "link"]).unwrap();
     assert!(!links.contains("tgc"), "a TUN exists: {links}");
     // The peer pings it: the embedded stack answers through the tunnel.
-    let st = user.status_json().unwrap();
-    let alpha_v4 = st["control"]["addresses"][0].as_str().unwrap().to_string();
+    let alpha_v4 = user.tailnet_v4().unwrap();
     bravo
         .wait_ping(&alpha_v4)
         .expect("bravo pings the userspace node");
@@ -100,10 +99,7 @@ fn userspace_node_reaches_the_tailnet_through_its_proxies() {
         .expect("SOCKS5 by FQDN");
     assert_eq!(back, b"hello over socks");
     // HTTP CONNECT to the peer's address.
-    let bravo_v4 = bravo.status_json().unwrap()["control"]["addresses"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bravo_v4 = bravo.tailnet_v4().unwrap();
     let target = format!("{bravo_v4}:{ECHO_PORT}");
     let back = ns
         .spawn_inside(move || -> Result<Vec<u8>> {

@@ -233,6 +233,11 @@ impl CtlNode {
         Ok(serde_json::from_str(&s)?)
     }
 
+    /// The node's tailnet IPv4 address, once registered.
+    pub fn tailnet_v4(&self) -> Result<String> {
+        tailnet_v4_of(&self.status_json()?)
+    }
+
     /// Waits until `n` peers are configured.
     pub fn wait_peers(&mut self, n: usize) -> Result<serde_json::Value> {
         wait_for(&format!("{n} peers from the netmap"), SETTLE, || {
@@ -303,6 +308,19 @@ impl Drop for CtlNode {
             let _ = std::fs::remove_file(uapi);
         }
     }
+}
+
+/// The tailnet IPv4 address in a `tailgate status --json` document.
+pub fn tailnet_v4_of(status: &serde_json::Value) -> Result<String> {
+    status["control"]["addresses"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .find(|x| !x.contains(':'))
+        })
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no tailnet IPv4 address yet"))
 }
 
 /// Parses `ping -D` output: timestamps of replies (Unix seconds).
