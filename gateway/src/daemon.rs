@@ -66,6 +66,11 @@ struct XdpState {
 /// Runs the daemon until SIGINT/SIGTERM or a fatal data-path error.
 pub async fn run(mut opts: DaemonOptions) -> Result<()> {
     let mut cfg = Config::load(&opts.config)?;
+    // A resolv.conf left behind by a daemon that was killed goes back first, whatever fails
+    // later and in every mode.
+    if let Err(e) = crate::dns::os::recover(&os_dns_settings(&cfg)) {
+        log::warn!("restoring the system's resolv.conf: {e:#}");
+    }
     let userspace = opts.tun.as_deref() == Some(USERSPACE_NETWORKING);
     if let Some(name) = opts.tun.as_ref().filter(|_| !userspace) {
         cfg.interface.name = name.clone();
@@ -131,17 +136,14 @@ pub async fn run(mut opts: DaemonOptions) -> Result<()> {
         ),
         Err(_) => cfg.dns.resolvers.clone(),
     };
-    let dns = Arc::new(match &netstack {
-        Some(_) => DnsService::start(
-            DnsView::default(),
-            resolvers,
-            Some(
-                "userspace networking: no TUN for 100.100.100.100 (the proxies resolve peer names)"
-                    .into(),
-            ),
-        ),
-        None => start_dns(&cfg, resolvers),
-    });
+    let dns = Arc::new(start_dns(
+        &cfg,
+        resolvers,
+        netstack.as_ref().map(|_| {
+            "userspace networking: no TUN for 100.100.100.100 (the proxies resolve peer names)"
+                .to_string()
+        }),
+    ));
     let routes = Arc::new(tokio::sync::Mutex::new(match &netstack {
         Some(_) => InstalledRoutes::userspace(netlink.clone()),
         None => InstalledRoutes::new(netlink.clone(), index),
@@ -190,7 +192,7 @@ pub async fn run(mut opts: DaemonOptions) -> Result<()> {
         opts.socket.display()
     );
 
-    let dialer = Dialer::new(netstack.clone(), dev.clone());
+    let dialer = Dialer::new(netstack.clone(), dev.clone(), dns.names());
     let proxies = [
         ("SOCKS5", opts.socks5_server, true),
         ("HTTP", opts.http_proxy_listen, false),
@@ -307,21 +309,27 @@ async fn async_ok(f: impl std::future::Future<Output = ()>) -> Result<()> {
     Ok(())
 }
 
-/// How the system's resolver will be pointed at MagicDNS, or why it is left alone. A
-/// resolv.conf left behind by a crashed daemon is put back either way.
-fn prepare_os_dns(cfg: &Config, opts: &DaemonOptions, ifname: &str) -> Result<OsDns, String> {
+/// Where the system's resolv.conf is, and where its original is kept while tailgate manages it.
+fn os_dns_settings(cfg: &Config) -> OsDnsSettings {
     let d = &cfg.dns;
     let state_dir = cfg.control.as_ref().map_or_else(
         || std::path::PathBuf::from(crate::config::DEFAULT_STATE_DIR),
         |c| c.state_dir.clone(),
     );
-    let settings = OsDnsSettings {
+    OsDnsSettings {
         resolv_conf: d.resolv_conf.clone(),
         backup: d
             .resolv_conf_backup
             .clone()
             .unwrap_or_else(|| state_dir.join(crate::config::RESOLV_CONF_BACKUP)),
-    };
+    }
+}
+
+/// How the system's resolver will be pointed at MagicDNS, or why it is left alone. A
+/// resolv.conf left behind by a crashed daemon is put back either way.
+fn prepare_os_dns(cfg: &Config, opts: &DaemonOptions, ifname: &str) -> Result<OsDns, String> {
+    let d = &cfg.dns;
+    let settings = os_dns_settings(cfg);
     let off = if !d.enabled {
         Some("[dns] enabled = false")
     } else if !opts.accept_dns.unwrap_or(d.accept_dns) {
@@ -342,8 +350,9 @@ fn prepare_os_dns(cfg: &Config, opts: &DaemonOptions, ifname: &str) -> Result<Os
 }
 
 /// The MagicDNS resolver: static mode answers the configured peers' names at once; control
-/// mode starts empty and gets a view with every netmap.
-fn start_dns(cfg: &Config, resolvers: Resolvers) -> DnsService {
+/// mode starts empty and gets a view with every netmap. With `off`, only the names are kept
+/// (for the proxies), without a listener.
+fn start_dns(cfg: &Config, resolvers: Resolvers, off: Option<String>) -> DnsService {
     let d = &cfg.dns;
     if !d.enabled {
         return DnsService::start(
@@ -367,7 +376,7 @@ fn start_dns(cfg: &Config, resolvers: Resolvers) -> DnsService {
         let own: Vec<std::net::IpAddr> = cfg.interface.addresses.iter().map(|a| a.addr()).collect();
         DnsView::from_static_peers(&d.domain, Some(&hostname), &own, &cfg.peers, &resolvers)
     };
-    DnsService::start(initial, resolvers, None)
+    DnsService::start(initial, resolvers, off)
 }
 
 /// How often LAN interfaces are re-resolved and idle fast-path connections freed.

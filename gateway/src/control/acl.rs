@@ -27,8 +27,8 @@
 //! - No `acls` key at all: every node may reach every other (the tailnet default without a
 //!   policy). An `acls` list, even empty: default deny, only what a rule accepts.
 //!
-//! Each node receives the rules for traffic *to* it (its addresses, the routes it is primary
-//! for, and the internet if it is an approved exit node) as a [`FilterRule`] list, and sees in
+//! Each node receives the rules for traffic *to* it (its addresses, the routes it is approved
+//! for — primary or standby — and the internet if it is an approved exit node) as a [`FilterRule`] list, and sees in
 //! its netmap only the peers it may reach or that may reach it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -175,7 +175,7 @@ pub struct AclNode {
     pub tags: Vec<String>,
     /// Tailnet addresses.
     pub addresses: Vec<IpNet>,
-    /// Approved subnet routes (and 4via6 prefixes) the node is primary for.
+    /// Approved subnet routes (and 4via6 prefixes) of the node, primary or standby.
     pub routes: Vec<IpNet>,
     /// Approved and primary for the exit routes.
     pub exit: bool,
@@ -376,11 +376,54 @@ impl Names<'_> {
     }
 }
 
-/// Tailnet ranges: never "the internet".
-fn in_tailnet(ip: IpAddr) -> bool {
-    let cgnat: IpNet = "100.64.0.0/10".parse().expect("valid");
-    let ula: IpNet = "fd7a:115c:a1e0::/48".parse().expect("valid");
-    cgnat.contains(&ip) || ula.contains(&ip)
+/// IPv4 ranges that are never "the internet" an exit node serves: the tailnet's own, private,
+/// shared, loopback, link-local, multicast and reserved space.
+const NOT_INTERNET_V4: [&str; 8] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/3",
+];
+
+/// The IPv6 internet: global unicast space (the tailnet's ULA range is outside it).
+const INTERNET_V6: &str = "2000::/3";
+
+fn not_internet_v4() -> impl Iterator<Item = IpNet> {
+    NOT_INTERNET_V4.iter().map(|s| s.parse().expect("valid"))
+}
+
+/// Whether `ip` is on the internet.
+fn is_internet(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => !not_internet_v4().any(|n| n.contains(&ip)),
+        IpAddr::V6(_) => INTERNET_V6.parse::<IpNet>().expect("valid").contains(&ip),
+    }
+}
+
+/// `autogroup:internet`: the public address space, as prefixes.
+pub fn internet() -> Vec<IpNet> {
+    let holes: Vec<IpNet> = not_internet_v4().collect();
+    let mut all = subtract("0.0.0.0/0".parse().expect("valid"), &holes);
+    all.push(INTERNET_V6.parse().expect("valid"));
+    all
+}
+
+/// `universe` without the `holes`, as the fewest prefixes.
+fn subtract(universe: IpNet, holes: &[IpNet]) -> Vec<IpNet> {
+    if holes.iter().any(|h| h.contains(&universe)) {
+        return Vec::new();
+    }
+    if !holes.iter().any(|h| universe.contains(h)) {
+        return vec![universe];
+    }
+    match universe.subnets(universe.prefix_len() + 1) {
+        Ok(halves) => halves.flat_map(|half| subtract(half, holes)).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn everything() -> [IpNet; 2] {
@@ -424,20 +467,20 @@ impl Acl {
 
     /// The parts of `node`'s served prefixes that `target` names.
     fn dst_prefixes(&self, target: &Target, node: &AclNode) -> Vec<IpNet> {
-        let tailnet = || node.addresses.iter().chain(&node.routes).copied();
-        match target {
-            Target::Any => tailnet().collect(),
-            Target::Internet if node.exit => everything().to_vec(),
-            Target::Internet => Vec::new(),
-            Target::Prefix(p) => {
-                // Through an exit node, anything outside the tailnet's own ranges.
-                let served: Vec<IpNet> = if node.exit && !in_tailnet(p.addr()) {
-                    tailnet().chain(everything()).collect()
-                } else {
-                    tailnet().collect()
-                };
-                served.iter().filter_map(|s| intersect(p, s)).collect()
+        // What the node serves: itself and its routes, and through an exit node the internet.
+        let served = || {
+            let mut all: Vec<IpNet> = node.addresses.iter().chain(&node.routes).copied().collect();
+            if node.exit {
+                all.extend(internet());
             }
+            all
+        };
+        match target {
+            // `*` covers exit-node use too, as in Tailscale.
+            Target::Any => served(),
+            Target::Internet if node.exit => internet(),
+            Target::Internet => Vec::new(),
+            Target::Prefix(p) => served().iter().filter_map(|s| intersect(p, s)).collect(),
             t if self.owns(t, &node.user, &node.tags) => node.addresses.clone(),
             _ => Vec::new(),
         }
@@ -507,7 +550,7 @@ impl Acl {
             return true;
         };
         let matches = |t: &Target, p: &Principal, as_dst: bool| match (t, p) {
-            (Target::Internet, Principal::Ip(ip)) => as_dst && !in_tailnet(*ip),
+            (Target::Internet, Principal::Ip(ip)) => as_dst && is_internet(*ip),
             (Target::Internet, _) => false,
             (Target::Prefix(net), Principal::Ip(ip)) => net.contains(ip),
             (Target::Any, _) => true,
@@ -640,7 +683,26 @@ mod tests {
         let fe = p.acl.filter_for(&exit, &with_bob).unwrap();
         let fe: Vec<_> = fe.into_iter().filter(|r| r.acl == 2).collect();
         assert_eq!(fe[0].src, vec![net("100.64.0.6/32")]);
-        assert_eq!(fe[0].dst.len(), 2, "0.0.0.0/0 and ::/0");
+        // The internet: public space only, never the exit node itself, its LANs or the tailnet.
+        let covers = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            fe[0].dst.iter().any(|d| d.net.contains(&ip))
+        };
+        for public in ["8.8.8.8", "203.0.113.1", "2001:4860::8888", "1.0.0.1"] {
+            assert!(covers(public), "{public}");
+        }
+        for private in [
+            "100.64.0.5",
+            "192.168.1.1",
+            "10.1.2.3",
+            "127.0.0.1",
+            "fd7a:115c:a1e0::5",
+            "fe80::1",
+            "224.0.0.1",
+        ] {
+            assert!(!covers(private), "{private}");
+        }
+        assert!(fe[0].dst.len() < 80, "{}", fe[0].dst.len());
         // Alice's node accepts nothing.
         assert!(f(&alice).is_empty());
         // Visibility: alice sees the server (she may reach it); the db sees the server.

@@ -58,6 +58,46 @@ struct RawPolicy {
     tests: Vec<RawAclTest>,
     #[serde(default)]
     auto_approvers: AutoApprovers,
+    /// Tailscale sections tailgate does not implement: accepted and reported, so existing
+    /// policy files load (none of them grants access here).
+    #[serde(default)]
+    ssh: Option<serde_json::Value>,
+    #[serde(default)]
+    ssh_tests: Option<serde_json::Value>,
+    #[serde(default)]
+    node_attrs: Option<serde_json::Value>,
+    #[serde(default)]
+    grants: Option<serde_json::Value>,
+    #[serde(default)]
+    postures: Option<serde_json::Value>,
+    #[serde(default)]
+    ipsets: Option<serde_json::Value>,
+    #[serde(default)]
+    derp_map: Option<serde_json::Value>,
+    #[serde(default, rename = "disableIPv4")]
+    disable_ipv4: Option<serde_json::Value>,
+    #[serde(default)]
+    randomize_client_port: Option<serde_json::Value>,
+}
+
+impl RawPolicy {
+    /// The sections present that tailgate ignores.
+    fn ignored(&self) -> Vec<&'static str> {
+        [
+            ("ssh", self.ssh.is_some()),
+            ("sshTests", self.ssh_tests.is_some()),
+            ("nodeAttrs", self.node_attrs.is_some()),
+            ("grants", self.grants.is_some()),
+            ("postures", self.postures.is_some()),
+            ("ipsets", self.ipsets.is_some()),
+            ("derpMap", self.derp_map.is_some()),
+            ("disableIPv4", self.disable_ipv4.is_some()),
+            ("randomizeClientPort", self.randomize_client_port.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect()
+    }
 }
 
 /// The `autoApprovers` section.
@@ -92,6 +132,13 @@ impl Policy {
     pub fn parse(text: &str, origin: &str) -> Result<Policy> {
         let json = hujson::to_json(text).map_err(|e| anyhow!("{origin}: {e}"))?;
         let raw: RawPolicy = serde_json::from_str(&json).map_err(|e| anyhow!("{origin}: {e}"))?;
+        let ignored = raw.ignored();
+        if !ignored.is_empty() {
+            log::warn!(
+                "{origin}: sections not supported by tailgate are ignored (they grant nothing): {}",
+                ignored.join(", ")
+            );
+        }
         let at = |needle: &str, problem: String| match line_of(text, needle) {
             Some(line) => anyhow!("{origin}: line {line}: {problem}"),
             None => anyhow!("{origin}: {problem}"),
@@ -344,5 +391,12 @@ mod tests {
         let empty = Policy::parse("{}", "p").unwrap();
         assert_eq!(empty.acl, Acl::default());
         assert!(empty.acl.rules.is_none(), "no acls key: allow all");
+        // Tailscale sections tailgate does not implement load (ignored); unknown keys do not.
+        let ts = Policy::parse(
+            r#"{"ssh": [], "nodeAttrs": [], "grants": [], "disableIPv4": false}"#,
+            "p",
+        );
+        assert!(ts.is_ok(), "{ts:?}");
+        assert!(Policy::parse(r#"{"bogus": 1}"#, "p").is_err());
     }
 }

@@ -129,12 +129,18 @@ impl DnsService {
         }
     }
 
-    /// A feed for control mode, if the resolver runs.
+    /// A feed for control mode: every netmap updates the names (kept also when the resolver
+    /// does not listen, for the proxies of userspace networking).
     pub fn feed(&self) -> Option<DnsFeed> {
-        self.server.as_ref().map(|_| DnsFeed {
+        Some(DnsFeed {
             view: self.view.clone(),
             resolvers: self.resolvers.clone(),
         })
+    }
+
+    /// The tailnet's names as they change.
+    pub fn names(&self) -> watch::Receiver<DnsView> {
+        self.view.subscribe()
     }
 
     /// `tailgate dns status`.

@@ -111,7 +111,9 @@ impl FlowTable {
         {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(f) = flows.get(&key) {
-                if f.generation == generation || f.generation == 0 {
+                // A reply to a flow the rules accepted stays accepted-by-rules (re-checked
+                // when the rules change); only a flow this node starts is its own.
+                if generation == 0 || f.generation == generation || f.generation == 0 {
                     f.last_seen.store(now, Ordering::Relaxed);
                     return;
                 }
@@ -126,24 +128,26 @@ impl FlowTable {
             generation,
         });
         entry.last_seen.store(now, Ordering::Relaxed);
-        // Started here (0) is never downgraded to accepted-by-rules.
-        if entry.generation != 0 {
+        // Started here (0) is never turned into accepted-by-rules, nor the other way round.
+        if entry.generation != 0 && generation != 0 {
             entry.generation = generation;
         }
     }
 
-    /// Forgets idle flows; when still full, the older half.
+    /// Forgets idle flows; when still full, flows the rules accepted go before the node's own,
+    /// least recently seen first, until a quarter of the room is free.
     fn evict(flows: &mut HashMap<FlowKey, Flow>, now: u32) {
         flows.retain(|k, f| !idle(k, f, now));
-        if flows.len() >= MAX_FLOWS {
-            let mut ages: Vec<u32> = flows
-                .values()
-                .map(|f| f.last_seen.load(Ordering::Relaxed))
-                .collect();
-            let mid = ages.len() / 2;
-            let (_, cut, _) = ages.select_nth_unstable(mid);
-            let cut = *cut;
-            flows.retain(|_, f| f.last_seen.load(Ordering::Relaxed) > cut);
+        if flows.len() < MAX_FLOWS {
+            return;
+        }
+        let mut order: Vec<(bool, u32, FlowKey)> = flows
+            .iter()
+            .map(|(k, f)| (f.generation == 0, f.last_seen.load(Ordering::Relaxed), *k))
+            .collect();
+        order.sort_unstable_by_key(|(own, seen, _)| (*own, *seen));
+        for (_, _, k) in order.into_iter().take(MAX_FLOWS / 4) {
+            flows.remove(&k);
         }
     }
 
@@ -171,4 +175,35 @@ impl FlowTable {
 fn idle(k: &FlowKey, f: &Flow, now: u32) -> bool {
     let limit = if k.proto == 6 { TCP_IDLE } else { OTHER_IDLE };
     now.saturating_sub(f.last_seen.load(Ordering::Relaxed)) > limit.as_secs() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey {
+            proto: 17,
+            src: IpAddr::from([100, 64, 0, 1]),
+            sport: i as u16,
+            dst: IpAddr::from([100, 64, 0, 2]),
+            dport: 1000 + (i >> 16) as u16,
+        }
+    }
+
+    #[test]
+    fn a_full_table_sheds_accepted_flows_before_its_own() {
+        let t = FlowTable::default();
+        let own = FlowKey { sport: 9, ..key(0) };
+        t.insert(own, 0);
+        for i in 0..MAX_FLOWS as u32 + 10 {
+            t.insert(key(i), 1);
+        }
+        assert!(
+            t.len() < MAX_FLOWS && t.len() > MAX_FLOWS / 2,
+            "{}",
+            t.len()
+        );
+        assert!(t.admits(&own, 7), "the node's own flow survives");
+    }
 }

@@ -266,6 +266,8 @@ mod tests {
         f.set_rules(Some(&ssh_from_peer()));
         let r = f.snapshot().unwrap();
         assert_eq!(f.inbound(&r, &tcp(PEER, 5000, ME, 22)), Verdict::Accept);
+        // This node answers the accepted flow: that does not make the flow its own.
+        f.outbound(&tcp(ME, 22, PEER, 5000));
         f.outbound(&tcp(ME, 40000, OTHER, 443));
         // The same rules again change nothing; other rules drop the accepted flow.
         f.set_rules(Some(&ssh_from_peer()));

@@ -392,6 +392,9 @@ impl Stack {
             if let Some((reply, conn)) = c.connecting.take() {
                 match socket.state() {
                     tcp::State::Established => {
+                        // The timeout was for connecting; an open connection waits as long as
+                        // the tunnel needs (a rekey or a path change).
+                        socket.set_timeout(None);
                         let _ = reply.send(Ok(conn));
                     }
                     tcp::State::Closed | tcp::State::TimeWait => {
@@ -449,6 +452,8 @@ impl Stack {
         }
         for id in done {
             if let Some(c) = self.conns.remove(&id) {
+                // A client still sending learns at once that the connection is gone.
+                c.window.close();
                 self.sockets.remove(c.socket);
             }
         }

@@ -1,6 +1,7 @@
 //! The proxies of userspace networking: SOCKS5 (RFC 1928, no authentication, CONNECT) and
 //! HTTP (`CONNECT host:port`, and plain requests in absolute form). Destinations the tailnet
-//! routes (peers' addresses and their subnet routes; names of peers, bare or under any domain)
+//! routes (peers' addresses and their subnet routes; peers' names, bare or under the tailnet
+//! domain)
 //! go through the userspace stack and the tunnel (with a kernel TUN, through the kernel, whose
 //! routes lead into the tunnel); anything else is dialled from the host, as Tailscale's
 //! proxies do.
@@ -13,8 +14,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use tokio::sync::watch;
+
 use super::{Netstack, StackConn};
 use crate::device::Device;
+use crate::dns::DnsView;
 
 /// How long a client may take to send its request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,33 +39,37 @@ pub struct Dialer {
     /// The userspace stack; `None` with a kernel TUN (whose routes reach the tailnet).
     stack: Option<Netstack>,
     dev: Arc<Device>,
+    /// The tailnet's names (the MagicDNS view).
+    names: watch::Receiver<DnsView>,
 }
 
 impl Dialer {
-    /// A dialer that routes by `dev`'s peers, through `stack` in userspace networking.
-    pub fn new(stack: Option<Netstack>, dev: Arc<Device>) -> Dialer {
-        Dialer { stack, dev }
+    /// A dialer that routes by `dev`'s peers, through `stack` in userspace networking, and
+    /// knows the tailnet's `names`.
+    pub fn new(
+        stack: Option<Netstack>,
+        dev: Arc<Device>,
+        names: watch::Receiver<DnsView>,
+    ) -> Dialer {
+        Dialer { stack, dev, names }
     }
 
-    /// A peer's address by its name (`name`, or `name.<anything>`).
-    fn peer_address(&self, host: &str, want_v4: bool) -> Option<IpAddr> {
-        let label = host
-            .trim_end_matches('.')
-            .split('.')
-            .next()?
-            .to_ascii_lowercase();
-        let st = self.dev.state();
-        st.peers.values().find_map(|p| {
-            let settings = crate::device::lock(&p.settings);
-            if settings.name.as_deref().map(str::to_ascii_lowercase) != Some(label.clone()) {
-                return None;
-            }
-            settings
-                .allowed_ips
-                .iter()
-                .map(|n| n.addr())
-                .find(|a| a.is_ipv4() == want_v4)
-        })
+    /// The address of a tailnet name: `host` bare, or `host.<tailnet domain>`. Other names
+    /// are not the tailnet's, whatever their first label.
+    fn tailnet_address(&self, name: &str, want_v4: bool) -> Option<IpAddr> {
+        let view = self.names.borrow();
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let suffix = format!(".{}", view.domain);
+        let label = match name.strip_suffix(&suffix) {
+            Some(label) if !view.domain.is_empty() => label,
+            _ if !name.contains('.') => name.as_str(),
+            _ => return None,
+        };
+        let found = view
+            .hosts()
+            .find(|h| h.name.eq_ignore_ascii_case(label))
+            .and_then(|h| h.addrs.iter().copied().find(|a| a.is_ipv4() == want_v4));
+        found
     }
 
     fn routed(&self, ip: IpAddr) -> bool {
@@ -74,8 +82,8 @@ impl Dialer {
         let ip = match host.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
             Err(_) => self
-                .peer_address(host, true)
-                .or_else(|| self.peer_address(host, false)),
+                .tailnet_address(host, true)
+                .or_else(|| self.tailnet_address(host, false)),
         };
         match (ip, &self.stack) {
             (Some(ip), Some(stack)) if self.routed(ip) => stack
@@ -303,17 +311,23 @@ pub fn parse_proxy_request(head: &str) -> Result<ProxyRequest, &'static str> {
         None => (rest, "/"),
     };
     let (host, port) = split_port(authority, 80)?;
+    // One request per connection: the bytes after it are spliced to this upstream, so the
+    // client must not send the next request (perhaps for another host) on it.
     let mut out = format!("{method} {path} {version}\r\n");
-    for line in lines {
-        if line.to_ascii_lowercase().starts_with("proxy-") {
+    for line in lines.filter(|l| !l.is_empty()) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if name.starts_with("proxy-") || name == "connection" || name == "keep-alive" {
             continue;
         }
         out.push_str(line);
         out.push_str("\r\n");
     }
-    while out.ends_with("\r\n\r\n\r\n") {
-        out.truncate(out.len() - 2);
-    }
+    out.push_str("Connection: close\r\n\r\n");
     Ok(ProxyRequest {
         connect: false,
         host,
@@ -324,11 +338,16 @@ pub fn parse_proxy_request(head: &str) -> Result<ProxyRequest, &'static str> {
 
 async fn http_proxy(client: TcpStream, dialer: &Dialer) -> io::Result<()> {
     let mut reader = BufReader::new(client);
-    let mut head = String::new();
+    let mut head = Vec::new();
     let read_head = async {
         loop {
-            let n = reader.read_line(&mut head).await?;
-            if n == 0 || head.ends_with("\r\n\r\n") || head.len() > MAX_HEAD {
+            // At most MAX_HEAD bytes in all, even on one endless line.
+            let room = (MAX_HEAD + 1).saturating_sub(head.len()) as u64;
+            let n = (&mut reader)
+                .take(room)
+                .read_until(b'\n', &mut head)
+                .await?;
+            if n == 0 || head.ends_with(b"\r\n\r\n") || head.len() > MAX_HEAD {
                 return Ok::<_, io::Error>(());
             }
         }
@@ -336,6 +355,7 @@ async fn http_proxy(client: TcpStream, dialer: &Dialer) -> io::Result<()> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head timed out"))??;
+    let head = String::from_utf8_lossy(&head);
     let req = match parse_proxy_request(&head) {
         Ok(r) => r,
         Err(why) => {
@@ -410,7 +430,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(r.head).unwrap(),
-            "GET /a?b HTTP/1.1\r\nHost: 100.64.0.2:8080\r\n\r\n"
+            "GET /a?b HTTP/1.1\r\nHost: 100.64.0.2:8080\r\nConnection: close\r\n\r\n"
         );
         let r = parse_proxy_request("GET http://peer HTTP/1.0\r\n\r\n").unwrap();
         assert_eq!((r.host.as_str(), r.port), ("peer", 80));
