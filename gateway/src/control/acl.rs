@@ -28,8 +28,9 @@
 //!   policy). An `acls` list, even empty: default deny, only what a rule accepts.
 //!
 //! Each node receives the rules for traffic *to* it (its addresses, the routes it is approved
-//! for — primary or standby — and the internet if it is an approved exit node) as a [`FilterRule`] list, and sees in
-//! its netmap only the peers it may reach or that may reach it.
+//! for — primary or standby — and the internet if it is an approved exit node) as a
+//! [`FilterRule`] list, and sees in its netmap only the peers it may reach or that may reach
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
