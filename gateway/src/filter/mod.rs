@@ -23,6 +23,7 @@ pub mod packet;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,30 @@ pub struct FilterStatus {
     pub dropped_no_rule: u64,
     /// Packets dropped because they are not valid IP.
     pub dropped_malformed: u64,
+}
+
+/// The last flow one data-path task let through (or noted), so that a run of packets of one
+/// flow — a TCP transfer — skips the shared flow table and its lock. The table entry is still
+/// refreshed at least once a [`FlowCache::REFRESH`], and a rules change misses the cache.
+#[derive(Debug, Default)]
+pub struct FlowCache {
+    last: Option<(FlowKey, u32, Instant)>,
+}
+
+impl FlowCache {
+    /// How long a cached flow skips the table.
+    pub const REFRESH: Duration = Duration::from_secs(1);
+
+    fn hit(&self, key: &FlowKey, generation: u32, now: Instant) -> bool {
+        matches!(&self.last, Some((k, g, at)) if k == key && *g == generation
+            && now.saturating_duration_since(*at) < Self::REFRESH)
+    }
+
+    fn remember(&mut self, key: FlowKey, generation: u32, now: Instant) {
+        if !self.hit(&key, generation, now) {
+            self.last = Some((key, generation, now));
+        }
+    }
 }
 
 /// The filter of one device.
@@ -123,8 +148,15 @@ impl PacketFilter {
             .clone()
     }
 
-    /// Decides on a decrypted packet from a peer under `rules` (from [`Self::snapshot`]).
-    pub fn inbound(&self, rules: &Rules, pkt: &[u8]) -> Verdict {
+    /// Decides on a decrypted packet from a peer under `rules` (from [`Self::snapshot`]);
+    /// `cache` is the calling task's (see [`FlowCache`]).
+    pub fn inbound(
+        &self,
+        rules: &Rules,
+        pkt: &[u8],
+        cache: &mut FlowCache,
+        now: Instant,
+    ) -> Verdict {
         let Ok(info) = packet::parse(pkt) else {
             self.malformed.fetch_add(1, Ordering::Relaxed);
             return Verdict::DropMalformed;
@@ -134,7 +166,8 @@ impl PacketFilter {
             return Verdict::Accept;
         }
         let key = FlowKey::inbound(&info);
-        if self.flows.admits(&key, rules.generation) {
+        if cache.hit(&key, rules.generation, now) || self.flows.admits(&key, rules.generation) {
+            cache.remember(key, rules.generation, now);
             self.established.fetch_add(1, Ordering::Relaxed);
             return Verdict::Accept;
         }
@@ -144,6 +177,7 @@ impl PacketFilter {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
                 self.flows.insert(key, rules.generation);
+                cache.remember(key, rules.generation, now);
                 Verdict::Accept
             }
             None => {
@@ -153,13 +187,17 @@ impl PacketFilter {
         }
     }
 
-    /// Notes a packet this node sends into the tunnel, so that its replies pass.
-    pub fn outbound(&self, pkt: &[u8]) {
+    /// Notes a packet this node sends into the tunnel, so that its replies pass; `cache` is
+    /// the calling task's.
+    pub fn outbound(&self, pkt: &[u8], cache: &mut FlowCache, now: Instant) {
         if let Some(key) = packet::parse(pkt)
             .ok()
             .and_then(|info| FlowKey::replies_to(&info))
         {
-            self.flows.insert(key, 0);
+            if !cache.hit(&key, 0, now) {
+                self.flows.insert(key, 0);
+                cache.remember(key, 0, now);
+            }
         }
     }
 
@@ -234,27 +272,112 @@ mod tests {
         assert!(f.snapshot().is_none(), "no rules: allow all");
         f.set_rules(Some(&ssh_from_peer()));
         let r = f.snapshot().unwrap();
-        assert_eq!(f.inbound(&r, &tcp(PEER, 5000, ME, 22)), Verdict::Accept);
-        assert_eq!(f.inbound(&r, &tcp(PEER, 5000, ME, 22)), Verdict::Accept);
-        assert_eq!(f.inbound(&r, &tcp(PEER, 5000, ME, 80)), Verdict::DropNoRule);
         assert_eq!(
-            f.inbound(&r, &tcp(OTHER, 5000, ME, 22)),
+            f.inbound(
+                &r,
+                &tcp(PEER, 5000, ME, 22),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(
+            f.inbound(
+                &r,
+                &tcp(PEER, 5000, ME, 22),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(
+            f.inbound(
+                &r,
+                &tcp(PEER, 5000, ME, 80),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::DropNoRule
+        );
+        assert_eq!(
+            f.inbound(
+                &r,
+                &tcp(OTHER, 5000, ME, 22),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
             Verdict::DropNoRule
         );
         // Ping from the peer matches by address; from elsewhere it does not.
-        assert_eq!(f.inbound(&r, &echo(8, PEER, ME, 7)), Verdict::Accept);
-        assert_eq!(f.inbound(&r, &echo(8, OTHER, ME, 7)), Verdict::DropNoRule);
-        // This node pings and connects out: the replies pass.
-        assert_eq!(f.inbound(&r, &echo(0, OTHER, ME, 9)), Verdict::DropNoRule);
-        f.outbound(&echo(8, ME, OTHER, 9));
-        assert_eq!(f.inbound(&r, &echo(0, OTHER, ME, 9)), Verdict::Accept);
-        f.outbound(&tcp(ME, 40000, OTHER, 443));
-        assert_eq!(f.inbound(&r, &tcp(OTHER, 443, ME, 40000)), Verdict::Accept);
         assert_eq!(
-            f.inbound(&r, &tcp(OTHER, 443, ME, 40001)),
+            f.inbound(
+                &r,
+                &echo(8, PEER, ME, 7),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(
+            f.inbound(
+                &r,
+                &echo(8, OTHER, ME, 7),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
             Verdict::DropNoRule
         );
-        assert_eq!(f.inbound(&r, &[0x45, 1, 2]), Verdict::DropMalformed);
+        // This node pings and connects out: the replies pass.
+        assert_eq!(
+            f.inbound(
+                &r,
+                &echo(0, OTHER, ME, 9),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::DropNoRule
+        );
+        f.outbound(
+            &echo(8, ME, OTHER, 9),
+            &mut FlowCache::default(),
+            Instant::now(),
+        );
+        assert_eq!(
+            f.inbound(
+                &r,
+                &echo(0, OTHER, ME, 9),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::Accept
+        );
+        f.outbound(
+            &tcp(ME, 40000, OTHER, 443),
+            &mut FlowCache::default(),
+            Instant::now(),
+        );
+        assert_eq!(
+            f.inbound(
+                &r,
+                &tcp(OTHER, 443, ME, 40000),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(
+            f.inbound(
+                &r,
+                &tcp(OTHER, 443, ME, 40001),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::DropNoRule
+        );
+        assert_eq!(
+            f.inbound(&r, &[0x45, 1, 2], &mut FlowCache::default(), Instant::now()),
+            Verdict::DropMalformed
+        );
         let st = f.status();
         assert_eq!(st.accepted_by_acl.get(&4), Some(&2), "{st:?}");
         assert_eq!((st.dropped_no_rule, st.dropped_malformed), (5, 1));
@@ -265,10 +388,26 @@ mod tests {
         let f = PacketFilter::default();
         f.set_rules(Some(&ssh_from_peer()));
         let r = f.snapshot().unwrap();
-        assert_eq!(f.inbound(&r, &tcp(PEER, 5000, ME, 22)), Verdict::Accept);
+        assert_eq!(
+            f.inbound(
+                &r,
+                &tcp(PEER, 5000, ME, 22),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::Accept
+        );
         // This node answers the accepted flow: that does not make the flow its own.
-        f.outbound(&tcp(ME, 22, PEER, 5000));
-        f.outbound(&tcp(ME, 40000, OTHER, 443));
+        f.outbound(
+            &tcp(ME, 22, PEER, 5000),
+            &mut FlowCache::default(),
+            Instant::now(),
+        );
+        f.outbound(
+            &tcp(ME, 40000, OTHER, 443),
+            &mut FlowCache::default(),
+            Instant::now(),
+        );
         // The same rules again change nothing; other rules drop the accepted flow.
         f.set_rules(Some(&ssh_from_peer()));
         assert_eq!(f.snapshot().unwrap().generation, r.generation);
@@ -278,10 +417,23 @@ mod tests {
         f.set_rules(Some(&other));
         let r2 = f.snapshot().unwrap();
         assert_eq!(
-            f.inbound(&r2, &tcp(PEER, 5000, ME, 22)),
+            f.inbound(
+                &r2,
+                &tcp(PEER, 5000, ME, 22),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
             Verdict::DropNoRule
         );
-        assert_eq!(f.inbound(&r2, &tcp(OTHER, 443, ME, 40000)), Verdict::Accept);
+        assert_eq!(
+            f.inbound(
+                &r2,
+                &tcp(OTHER, 443, ME, 40000),
+                &mut FlowCache::default(),
+                Instant::now()
+            ),
+            Verdict::Accept
+        );
         f.set_rules(None);
         assert!(f.snapshot().is_none());
     }

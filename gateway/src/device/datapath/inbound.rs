@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::device::counters::BatchCounters;
-use crate::filter::Verdict;
+use crate::filter::{FlowCache, Verdict};
 use crate::io::offload::Coalescer;
 use crate::wg::{Packet, Route, TunnResult, WgError};
 
@@ -30,6 +30,7 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
     let mut plain = vec![0u8; MAX_IP_PACKET + WG_OVERHEAD];
     let mut coalescer = Coalescer::new(COALESCE_BYTES, 1024);
     let mut translated = Vec::with_capacity(MAX_IP_PACKET);
+    let mut flow_cache = FlowCache::default();
     loop {
         let mut next = Some(dev.socket.recv_coalesced(&mut rx).await?);
         let mut rounds = 0;
@@ -52,7 +53,10 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
                     continue;
                 };
                 if let Some(rules) = &rules {
-                    if dev.filter.inbound(rules, &plain[..len]) != Verdict::Accept {
+                    let verdict = dev
+                        .filter
+                        .inbound(rules, &plain[..len], &mut flow_cache, now);
+                    if verdict != Verdict::Accept {
                         continue;
                     }
                 }

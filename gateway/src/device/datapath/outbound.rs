@@ -11,6 +11,7 @@ use crate::wg::TunnResult;
 
 use super::{destination, lock, Device, DropReason, MAX_IP_PACKET, WG_OVERHEAD};
 use crate::device::counters::BatchCounters;
+use crate::filter::FlowCache;
 
 /// Most segments one TUN read can turn into (64 KiB at the smallest sensible MSS, plus slack).
 const MAX_SEGMENTS: usize = 192;
@@ -25,6 +26,7 @@ pub async fn tun_to_udp(dev: Arc<Device>) -> io::Result<()> {
     let mut segments = PacketBatch::new(SEGMENT_BYTES, MAX_SEGMENTS);
     let mut out = PacketBatch::new(SEGMENT_BYTES + MAX_SEGMENTS * WG_OVERHEAD, MAX_SEGMENTS);
     let mut translated = Vec::with_capacity(MAX_IP_PACKET);
+    let mut flow_cache = FlowCache::default();
     loop {
         let n = dev.tun.recv(&mut read).await?;
         segments.clear();
@@ -56,7 +58,7 @@ pub async fn tun_to_udp(dev: Arc<Device>) -> io::Result<()> {
                 };
                 // The segments of one read belong to one flow: its replies may come in.
                 if i == 0 {
-                    dev.filter.outbound(seg);
+                    dev.filter.outbound(seg, &mut flow_cache, now);
                 }
                 match tunnel.encapsulate(seg, out.spare(), now) {
                     TunnResult::WriteToNetwork(d) => {
