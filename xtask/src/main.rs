@@ -3,7 +3,8 @@
 //! - `setup`: installs every tool the build and the tests need (idempotent, quick when done)
 //! - `build`: builds the eBPF object and `target/release/tailgate` with it embedded
 //! - `test`:  setup + build + fmt + clippy + every test (unit and network-namespace tests) +
-//!   the package check (lintian, install into fresh Debian roots, the unit started there)
+//!   the package check (lintian, install into fresh Debian roots, the unit started there) +
+//!   the image check (skopeo, umoci, podman, the image started in a lab)
 //! - `demo`:  setup + build + a lab of namespaces with two tailgate nodes and one wireguard-go
 //! - `bench tunnel [--quick] [--out PATH]`: setup + build + the tunnel benchmark (tailgate vs
 //!   veth, wireguard-go and boringtun-cli), written to `docs/benchmarks.md` by default
@@ -13,7 +14,13 @@
 //! - `bench failover [--quick] [--trials N] [--out PATH]`: setup + build + the HA failover
 //!   benchmark (kill -9, WAN link down, LAN probe failing; 20 trials each), written to
 //!   `docs/benchmarks-failover.md` by default
+//! - `bench dns [--quick] [--out PATH]`: setup + build + the MagicDNS benchmark (tailgate's
+//!   resolver vs a dnsmasq forwarder, with dnsperf), written to `docs/benchmarks-dns.md`
+//! - `bench acl [--quick] [--out PATH]`: setup + build + the access-control benchmark (a subnet
+//!   router's XDP path with a 1,000-rule policy vs none), written to `docs/benchmarks-acl.md`
 //! - `package deb`: setup + build + the Debian package in `target/deb/` (docs/packaging.md)
+//! - `package oci`: setup + build + the container image `target/oci/tailgate-oci.tar`
+//!   (docs/container.md)
 
 mod ebpf;
 mod package;
@@ -48,7 +55,7 @@ enum Task {
     },
     /// Build everything and run a demo lab: two tailgate nodes and a wireguard-go node.
     Demo,
-    /// Build target/release/tailgate and package it into target/deb/.
+    /// Build target/release/tailgate and package it into target/deb/ or target/oci/.
     Package {
         #[command(subcommand)]
         format: PackageFormat,
@@ -64,6 +71,8 @@ enum Task {
 enum PackageFormat {
     /// A Debian package: binary, hardened systemd unit, default config, man page.
     Deb,
+    /// A container image (OCI archive, also docker-loadable) with the package installed.
+    Oci,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +114,29 @@ enum Bench {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// MagicDNS: queries per second of tailgate's resolver for tailnet and forwarded names vs
+    /// a dnsmasq forwarder with the same names and upstream (dnsperf, same run, ratios).
+    Dns {
+        /// One run of 1 s per figure instead of the median of 3 runs of 5 s.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the Markdown report [default: docs/benchmarks-dns.md in the
+        /// workspace].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+    /// Access control: forwarding through a subnet router on its XDP path with a 1,000-rule
+    /// policy vs no policy (same run, the ratio and the ≤ 10 % cost goal), and the packet
+    /// filter's classifier with 10 to 10,000 rules.
+    Acl {
+        /// One run of 2 s per figure instead of the median of 3 runs of 5 s.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the Markdown report [default: docs/benchmarks-acl.md in the
+        /// workspace].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `--out` resolved against where the user ran xtask, else `default` in the workspace.
@@ -134,12 +166,13 @@ fn main() -> Result<()> {
             let bin = build(&root)?;
             lab_binary(&root, "tailgate-demo")?.arg(&bin).status_ok()
         }
-        Task::Package {
-            format: PackageFormat::Deb,
-        } => {
+        Task::Package { format } => {
             setup::run()?;
             let bin = build(&root)?;
-            package::build(&root, &bin).map(drop)
+            match format {
+                PackageFormat::Deb => package::build(&root, &bin).map(drop),
+                PackageFormat::Oci => package::build_oci(&root, &bin).map(drop),
+            }
         }
         Task::Bench { bench } => {
             let (name, default_out, quick, trials, out) = match bench {
@@ -162,6 +195,20 @@ fn main() -> Result<()> {
                     "docs/benchmarks-failover.md",
                     quick,
                     trials,
+                    out,
+                ),
+                Bench::Dns { quick, out } => (
+                    "tailgate-bench-dns",
+                    "docs/benchmarks-dns.md",
+                    quick,
+                    None,
+                    out,
+                ),
+                Bench::Acl { quick, out } => (
+                    "tailgate-bench-acl",
+                    "docs/benchmarks-acl.md",
+                    quick,
+                    None,
                     out,
                 ),
             };
@@ -246,9 +293,12 @@ fn test(root: &Path, bin: &Path, filter: Option<&str>) -> Result<()> {
     // The lab tests share two cores with the peers they start; run them one at a time.
     cmd.arg("--test-threads=1");
     cmd.status_ok()?;
-    // The Debian package, checked as if it were a test named `package_deb`.
-    if filter.is_none_or(|f| "package_deb".contains(f)) {
-        package::check(root, bin)?;
+    // The Debian package and the container image, checked as if they were tests named
+    // `package_deb` and `package_oci`.
+    let deb = filter.is_none_or(|f| "package_deb".contains(f));
+    let oci = filter.is_none_or(|f| "package_oci".contains(f));
+    if deb || oci {
+        package::check(root, bin, deb, oci)?;
     }
     Ok(())
 }

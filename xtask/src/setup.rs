@@ -36,6 +36,12 @@ const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "mmdebstrap",
     "systemd-container",
+    // The container image (`cargo xtask package oci`) and its check: skopeo and umoci read the
+    // archive, podman loads and runs it (with runc, which works with either cgroup version).
+    "skopeo",
+    "umoci",
+    "podman",
+    "runc",
 ];
 
 /// Tools installed with `cargo install`: (binary, crate, version, extra args, PATH prefix).

@@ -2,7 +2,8 @@
 //! with apt into fresh Debian roots (mmdebstrap; one with systemd-resolved) and boots each
 //! with systemd-nspawn, where `fresh_root_check.sh` verifies the unit, starts the daemon under
 //! the unit's sandbox, goes through upgrade, removal, purge and reinstall, and does the
-//! control-mode first run of docs/packaging.md.
+//! control-mode first run of docs/packaging.md. Then the container image built from the same
+//! package is checked (see [`super::oci_check`]).
 
 use std::fs;
 use std::path::Path;
@@ -59,18 +60,24 @@ const ROOTS: &[RootKind] = &[
 /// How long the booted root may take for all its steps.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Builds the package from `bin` and checks it (see the module documentation).
-pub fn check(root: &Path, bin: &Path) -> Result<()> {
-    let started = Instant::now();
-    let deb = deb::build(root, bin)?;
-    lintian(&deb.path)?;
-    for kind in ROOTS {
-        fresh_root(root, &deb, kind)?;
+/// Builds the package from `bin` and checks it (see the module documentation) if `deb`, and
+/// the container image made from it if `oci`.
+pub fn check(root: &Path, bin: &Path, deb: bool, oci: bool) -> Result<()> {
+    let package = deb::build(root, bin)?;
+    if deb {
+        let started = Instant::now();
+        lintian(&package.path)?;
+        for kind in ROOTS {
+            fresh_root(root, &package, kind)?;
+        }
+        println!(
+            "xtask: package check passed in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
     }
-    println!(
-        "xtask: package check passed in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    if oci {
+        super::oci_check::check(root, &package)?;
+    }
     Ok(())
 }
 
@@ -105,7 +112,7 @@ fn lintian(deb: &Path) -> Result<()> {
 }
 
 /// The host's codename and the apt sources for it, for mmdebstrap.
-fn host_suite_and_sources() -> Result<(String, String)> {
+pub(super) fn host_suite_and_sources() -> Result<(String, String)> {
     let os_release = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
     let suite = os_release
         .lines()

@@ -2,12 +2,20 @@
 //! runs on it (lintian, `systemd-analyze verify`, install into a fresh Debian root and start
 //! the unit there under systemd).
 //!
-//! The package's static files live in `image/deb/`; docs/packaging.md describes the package.
+//! `cargo xtask package oci`: the container image built from that package, and its check
+//! (skopeo, umoci, podman, the entrypoint run in a lab).
+//!
+//! The package's static files live in `image/deb/`; docs/packaging.md describes the package,
+//! docs/container.md the image.
 
 mod check;
 mod deb;
 mod manpage;
+mod oci;
+mod oci_archive;
+mod oci_check;
 mod util;
 
 pub use check::check;
 pub use deb::build;
+pub use oci::build as build_oci;
