@@ -1136,18 +1136,27 @@ impl Tailnet {
         let me = self.nodes.get(&id)?;
         let none = None;
         let filter_of = |node: u64| filters.get(&node).unwrap_or(&none);
-        let my_addrs = [
-            IpNet::from(IpAddr::V4(me.rec.ipv4)),
-            IpNet::from(IpAddr::V6(me.rec.ipv6)),
-        ];
+        // A node's traffic comes from its addresses and from the LANs it routes for, so a rule
+        // whose source is a subnet route connects the router with the destination.
+        let sources = |n: &Node| -> Vec<IpNet> {
+            let mut all = vec![
+                IpNet::from(IpAddr::V4(n.rec.ipv4)),
+                IpNet::from(IpAddr::V6(n.rec.ipv6)),
+            ];
+            all.extend(
+                n.rec
+                    .routes
+                    .iter()
+                    .filter(|r| r.advertised && r.approved && !is_exit_route(&r.prefix))
+                    .map(|r| r.prefix),
+            );
+            all
+        };
+        let mine = sources(me);
         let visible = |n: &Node| {
-            filters.is_empty() || {
-                let theirs = [
-                    IpNet::from(IpAddr::V4(n.rec.ipv4)),
-                    IpNet::from(IpAddr::V6(n.rec.ipv6)),
-                ];
-                acl::admits(filter_of(id), &theirs) || acl::admits(filter_of(n.rec.id), &my_addrs)
-            }
+            filters.is_empty()
+                || acl::admits(filter_of(id), &sources(n))
+                || acl::admits(filter_of(n.rec.id), &mine)
         };
         let peers = self
             .nodes

@@ -843,6 +843,66 @@ fn rename_reaches_peers_and_stays_unique() {
 }
 
 #[test]
+fn a_subnet_route_as_acl_source_connects_its_router_with_the_destination() {
+    let dir = TempDir::new("subnet-src");
+    let now = Instant::now();
+    let mut t = open(&dir, cfg(), now);
+    let policy = r#"{
+        "tagOwners": { "tag:server": [], "tag:router": [] },
+        "acls": [ { "action": "accept", "src": ["192.168.1.0/24"], "dst": ["tag:server:*"] } ],
+        "autoApprovers": { "routes": { "192.168.1.0/24": ["tag:router"] } },
+    }"#;
+    t.set_policy(policy, now).unwrap();
+    let (ks, kr, ko) = (
+        key(&mut t, false, false, &["tag:server"]),
+        key(&mut t, false, false, &["tag:router"]),
+        key(&mut t, false, false, &[]),
+    );
+    let (srv, rtr, other) = (machine(), machine(), machine());
+    ok(register(
+        &mut t,
+        &srv,
+        Some(&ks),
+        hostinfo("srv", &[], 0),
+        now,
+    ));
+    ok(register(
+        &mut t,
+        &rtr,
+        Some(&kr),
+        hostinfo("rtr", &["192.168.1.0/24"], 0),
+        now,
+    ));
+    ok(register(
+        &mut t,
+        &other,
+        Some(&ko),
+        hostinfo("other", &[], 0),
+        now,
+    ));
+    let s_srv = t.attach(&srv.key, &NodeUpdate::default(), now).unwrap();
+    let s_rtr = t.attach(&rtr.key, &NodeUpdate::default(), now).unwrap();
+    let s_other = t.attach(&other.key, &NodeUpdate::default(), now).unwrap();
+    let names = |s: &SessionTicket| -> Vec<String> {
+        latest(s)
+            .unwrap()
+            .peers
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(
+        names(&s_srv),
+        ["rtr"],
+        "the server sees the router of its source LAN"
+    );
+    assert_eq!(names(&s_rtr), ["srv"]);
+    assert!(names(&s_other).is_empty(), "nobody else is connected");
+    let f = latest(&s_srv).unwrap().packet_filter.clone().unwrap();
+    assert_eq!(f[0].src, ["192.168.1.0/24".parse::<IpNet>().unwrap()]);
+}
+
+#[test]
 fn replaced_sessions_are_closed_and_ignored() {
     let dir = TempDir::new("replace");
     let now = Instant::now();
