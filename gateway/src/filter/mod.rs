@@ -249,6 +249,15 @@ mod tests {
         v4(1, src, dst, &l4)
     }
 
+    /// One inbound packet, as a task without a cached flow sees it.
+    fn inbound(f: &PacketFilter, r: &Rules, pkt: &[u8]) -> Verdict {
+        f.inbound(r, pkt, &mut FlowCache::default(), Instant::now())
+    }
+    /// One outbound packet, as a task without a cached flow sees it.
+    fn outbound(f: &PacketFilter, pkt: &[u8]) {
+        f.outbound(pkt, &mut FlowCache::default(), Instant::now());
+    }
+
     const ME: [u8; 4] = [100, 64, 0, 2];
     const PEER: [u8; 4] = [100, 64, 0, 1];
     const OTHER: [u8; 4] = [100, 64, 0, 3];
@@ -272,112 +281,33 @@ mod tests {
         assert!(f.snapshot().is_none(), "no rules: allow all");
         f.set_rules(Some(&ssh_from_peer()));
         let r = f.snapshot().unwrap();
+        assert_eq!(inbound(&f, &r, &tcp(PEER, 5000, ME, 22)), Verdict::Accept);
+        assert_eq!(inbound(&f, &r, &tcp(PEER, 5000, ME, 22)), Verdict::Accept);
         assert_eq!(
-            f.inbound(
-                &r,
-                &tcp(PEER, 5000, ME, 22),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
-            Verdict::Accept
-        );
-        assert_eq!(
-            f.inbound(
-                &r,
-                &tcp(PEER, 5000, ME, 22),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
-            Verdict::Accept
-        );
-        assert_eq!(
-            f.inbound(
-                &r,
-                &tcp(PEER, 5000, ME, 80),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
+            inbound(&f, &r, &tcp(PEER, 5000, ME, 80)),
             Verdict::DropNoRule
         );
         assert_eq!(
-            f.inbound(
-                &r,
-                &tcp(OTHER, 5000, ME, 22),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
+            inbound(&f, &r, &tcp(OTHER, 5000, ME, 22)),
             Verdict::DropNoRule
         );
         // Ping from the peer matches by address; from elsewhere it does not.
-        assert_eq!(
-            f.inbound(
-                &r,
-                &echo(8, PEER, ME, 7),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
-            Verdict::Accept
-        );
-        assert_eq!(
-            f.inbound(
-                &r,
-                &echo(8, OTHER, ME, 7),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
-            Verdict::DropNoRule
-        );
+        assert_eq!(inbound(&f, &r, &echo(8, PEER, ME, 7)), Verdict::Accept);
+        assert_eq!(inbound(&f, &r, &echo(8, OTHER, ME, 7)), Verdict::DropNoRule);
         // This node pings and connects out: the replies pass.
+        assert_eq!(inbound(&f, &r, &echo(0, OTHER, ME, 9)), Verdict::DropNoRule);
+        outbound(&f, &echo(8, ME, OTHER, 9));
+        assert_eq!(inbound(&f, &r, &echo(0, OTHER, ME, 9)), Verdict::Accept);
+        outbound(&f, &tcp(ME, 40000, OTHER, 443));
         assert_eq!(
-            f.inbound(
-                &r,
-                &echo(0, OTHER, ME, 9),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
-            Verdict::DropNoRule
-        );
-        f.outbound(
-            &echo(8, ME, OTHER, 9),
-            &mut FlowCache::default(),
-            Instant::now(),
-        );
-        assert_eq!(
-            f.inbound(
-                &r,
-                &echo(0, OTHER, ME, 9),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
-            Verdict::Accept
-        );
-        f.outbound(
-            &tcp(ME, 40000, OTHER, 443),
-            &mut FlowCache::default(),
-            Instant::now(),
-        );
-        assert_eq!(
-            f.inbound(
-                &r,
-                &tcp(OTHER, 443, ME, 40000),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
+            inbound(&f, &r, &tcp(OTHER, 443, ME, 40000)),
             Verdict::Accept
         );
         assert_eq!(
-            f.inbound(
-                &r,
-                &tcp(OTHER, 443, ME, 40001),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
+            inbound(&f, &r, &tcp(OTHER, 443, ME, 40001)),
             Verdict::DropNoRule
         );
-        assert_eq!(
-            f.inbound(&r, &[0x45, 1, 2], &mut FlowCache::default(), Instant::now()),
-            Verdict::DropMalformed
-        );
+        assert_eq!(inbound(&f, &r, &[0x45, 1, 2]), Verdict::DropMalformed);
         let st = f.status();
         assert_eq!(st.accepted_by_acl.get(&4), Some(&2), "{st:?}");
         assert_eq!((st.dropped_no_rule, st.dropped_malformed), (5, 1));
@@ -388,26 +318,10 @@ mod tests {
         let f = PacketFilter::default();
         f.set_rules(Some(&ssh_from_peer()));
         let r = f.snapshot().unwrap();
-        assert_eq!(
-            f.inbound(
-                &r,
-                &tcp(PEER, 5000, ME, 22),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
-            Verdict::Accept
-        );
+        assert_eq!(inbound(&f, &r, &tcp(PEER, 5000, ME, 22)), Verdict::Accept);
         // This node answers the accepted flow: that does not make the flow its own.
-        f.outbound(
-            &tcp(ME, 22, PEER, 5000),
-            &mut FlowCache::default(),
-            Instant::now(),
-        );
-        f.outbound(
-            &tcp(ME, 40000, OTHER, 443),
-            &mut FlowCache::default(),
-            Instant::now(),
-        );
+        outbound(&f, &tcp(ME, 22, PEER, 5000));
+        outbound(&f, &tcp(ME, 40000, OTHER, 443));
         // The same rules again change nothing; other rules drop the accepted flow.
         f.set_rules(Some(&ssh_from_peer()));
         assert_eq!(f.snapshot().unwrap().generation, r.generation);
@@ -417,21 +331,11 @@ mod tests {
         f.set_rules(Some(&other));
         let r2 = f.snapshot().unwrap();
         assert_eq!(
-            f.inbound(
-                &r2,
-                &tcp(PEER, 5000, ME, 22),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
+            inbound(&f, &r2, &tcp(PEER, 5000, ME, 22)),
             Verdict::DropNoRule
         );
         assert_eq!(
-            f.inbound(
-                &r2,
-                &tcp(OTHER, 443, ME, 40000),
-                &mut FlowCache::default(),
-                Instant::now()
-            ),
+            inbound(&f, &r2, &tcp(OTHER, 443, ME, 40000)),
             Verdict::Accept
         );
         f.set_rules(None);
