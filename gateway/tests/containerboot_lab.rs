@@ -4,35 +4,19 @@
 //! its TUN. Userspace mode (the default): it reaches a peer through its SOCKS5 proxy. Bad
 //! variables stop it with the reason. Needs root; the lab removes everything on drop.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::time::Duration;
-
-use anyhow::{anyhow, Result};
 use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Result;
 use tailgate_bench::lab::control::{tailnet_v4_of, ControlServer, CtlNode, TempDir, SETTLE};
-use tailgate_bench::lab::proxy_client::{echo_roundtrip, echo_server, socks5_connect};
+use tailgate_bench::lab::proxy_client::{echo_roundtrip, echo_server, http_get, socks5_connect};
 use tailgate_bench::lab::{self, wait_for, Lab, Netns, Process};
 
 const TAILGATE: &str = env!("CARGO_BIN_EXE_tailgate");
 
-fn get(ns: &Netns, path: &'static str) -> Result<(u16, String)> {
-    ns.spawn_inside(move || -> Result<(u16, String)> {
-        let mut s = TcpStream::connect("127.0.0.1:9002")?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        let code = reply
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("bad reply {reply:?}"))?;
-        Ok((code, reply))
-    })?
-    .join()
-    .map_err(|_| anyhow!("request thread panicked"))?
+/// `GET path` from the entrypoint's health/metrics listener (127.0.0.1:9002 in `ns`).
+fn get(ns: &Netns, path: &str) -> Result<(u16, String)> {
+    http_get(ns, SocketAddr::from(([127, 0, 0, 1], 9002)), path)
 }
 
 #[test]

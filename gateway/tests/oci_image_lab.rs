@@ -19,15 +19,13 @@
 //!
 //! Needs root; the lab, the containers and their mounts go away on drop.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tailgate_bench::lab::control::{tailnet_v4_of, ControlServer, CtlNode, TempDir, SETTLE};
-use tailgate_bench::lab::proxy_client::{echo_roundtrip, echo_server, socks5_connect};
+use tailgate_bench::lab::proxy_client::{echo_roundtrip, echo_server, http_get, socks5_connect};
 use tailgate_bench::lab::{self, unique_name, wait_for, Lab, Netns, Process};
 
 const TAILGATE: &str = env!("CARGO_BIN_EXE_tailgate");
@@ -271,26 +269,12 @@ impl Drop for Container<'_> {
     }
 }
 
+/// Both modes of the image against a control server and a peer in the lab.
 /// `GET path` from the container's health/metrics listener (127.0.0.1:9002 in `ns`).
-fn get(ns: &Netns, path: &'static str) -> Result<(u16, String)> {
-    ns.spawn_inside(move || -> Result<(u16, String)> {
-        let mut s = TcpStream::connect("127.0.0.1:9002")?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        let code = reply
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("bad reply {reply:?}"))?;
-        Ok((code, reply))
-    })?
-    .join()
-    .map_err(|_| anyhow!("request thread panicked"))?
+fn get(ns: &Netns, path: &str) -> Result<(u16, String)> {
+    http_get(ns, SocketAddr::from(([127, 0, 0, 1], 9002)), path)
 }
 
-/// Both modes of the image against a control server and a peer in the lab.
 fn image_serves_the_tailnet(runtime: &Runtime) {
     assert!(
         lab::is_root(),

@@ -1,5 +1,6 @@
-//! Clients for the lab's proxy tests: SOCKS5 and HTTP CONNECT, and a TCP echo server to reach
-//! through them. Blocking; run them inside a namespace with [`Netns::spawn_inside`].
+//! Clients for the lab's tests: SOCKS5 and HTTP CONNECT, a TCP echo server to reach through
+//! them, and a plain HTTP GET (health and metrics endpoints). Blocking; the proxy clients run
+//! inside a namespace with [`Netns::spawn_inside`].
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -93,4 +94,24 @@ pub fn http_connect(proxy: SocketAddr, target: &str) -> Result<(String, TcpStrea
     }
     let text = String::from_utf8_lossy(&head);
     Ok((text.lines().next().unwrap_or_default().to_string(), s))
+}
+
+/// `GET path` (HTTP/1.0) to `addr` from inside `ns`: the status code and the whole reply.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let path = path.to_string();
+    ns.spawn_inside(move || -> Result<(u16, String)> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let code = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("bad reply {reply:?}"))?;
+        Ok((code, reply))
+    })?
+    .join()
+    .map_err(|_| anyhow!("request thread panicked"))?
 }
