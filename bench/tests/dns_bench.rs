@@ -8,28 +8,8 @@
 //! `target/release/tailgate` of this workspace. Skipped, with the reason, when one is missing.
 //! Everything the benchmark creates is removed on drop.
 
-use std::path::PathBuf;
-
 use tailgate_bench::dns_bench::{self, Mode, QuerySet, Resolver, Settings};
 use tailgate_bench::lab;
-
-/// The `tailgate` binary to run: `TAILGATE_BIN`, else this workspace's release build.
-fn tailgate_bin() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("TAILGATE_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("TAILGATE_BIN={} is not a file", p.display()))
-        };
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tailgate");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err("no tailgate binary: set TAILGATE_BIN or run `cargo xtask build`".into())
-    }
-}
 
 fn skip_reason() -> Option<String> {
     if !lab::is_root() {
@@ -39,7 +19,7 @@ fn skip_reason() -> Option<String> {
     if !missing.is_empty() {
         return Some(format!("missing tools: {}", missing.join(", ")));
     }
-    tailgate_bin().err()
+    lab::tailgate_bin().err()
 }
 
 #[test]
@@ -48,7 +28,7 @@ fn dns_bench_reports_every_figure() {
         eprintln!("skipping the MagicDNS benchmark smoke test: {reason}");
         return;
     }
-    let bin = tailgate_bin().expect("checked by skip_reason");
+    let bin = lab::tailgate_bin().expect("checked by skip_reason");
     eprintln!("MagicDNS benchmark smoke test with {}", bin.display());
     let report = dns_bench::run(&Settings::new(bin, Mode::Quick));
     let md = dns_bench::render_markdown(&report);

@@ -7,30 +7,10 @@
 //! `target/release/tailgate` of this workspace. Skipped, with the reason, when one is missing.
 //! Everything the benchmark creates is removed on drop.
 
-use std::path::PathBuf;
-
 use tailgate_bench::forward_bench::{
     self, ForwardVariant, Mode, ReturnVariant, RouterPath, Settings,
 };
 use tailgate_bench::lab;
-
-/// The `tailgate` binary to run: `TAILGATE_BIN`, else this workspace's release build.
-fn tailgate_bin() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("TAILGATE_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("TAILGATE_BIN={} is not a file", p.display()))
-        };
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tailgate");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err("no tailgate binary: set TAILGATE_BIN or run `cargo xtask build`".into())
-    }
-}
 
 fn skip_reason() -> Option<String> {
     if !lab::is_root() {
@@ -43,7 +23,7 @@ fn skip_reason() -> Option<String> {
     if !missing.is_empty() {
         return Some(format!("missing tools: {}", missing.join(", ")));
     }
-    tailgate_bin().err()
+    lab::tailgate_bin().err()
 }
 
 #[test]
@@ -52,7 +32,7 @@ fn forward_bench_reports_every_figure() {
         eprintln!("skipping the forwarding benchmark smoke test: {reason}");
         return;
     }
-    let bin = tailgate_bin().expect("checked by skip_reason");
+    let bin = lab::tailgate_bin().expect("checked by skip_reason");
     eprintln!("forwarding benchmark smoke test with {}", bin.display());
     let report = forward_bench::run(&Settings::new(bin, Mode::Smoke));
     let md = forward_bench::render_markdown(&report);

@@ -188,3 +188,22 @@ pub fn iperf3_server(ns: &Netns, port: u16) -> Result<Process> {
     )?;
     Ok(server)
 }
+
+/// The release `tailgate` binary for the benchmark smoke tests: `TAILGATE_BIN`, else the
+/// workspace's `target/release/tailgate` (what `cargo xtask build` makes); why not, otherwise.
+pub fn tailgate_bin() -> std::result::Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os("TAILGATE_BIN") {
+        let p = std::path::PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("TAILGATE_BIN={} is not a file", p.display()))
+        };
+    }
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tailgate");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err("no tailgate binary: set TAILGATE_BIN or run `cargo xtask build`".into())
+    }
+}
