@@ -293,12 +293,17 @@ fn test(root: &Path, bin: &Path, filter: Option<&str>) -> Result<()> {
     // The lab tests share two cores with the peers they start; run them one at a time.
     cmd.arg("--test-threads=1");
     cmd.status_ok()?;
-    // The Debian package and the container image, checked as if they were tests named
-    // `package_deb` and `package_oci`.
-    let deb = filter.is_none_or(|f| "package_deb".contains(f));
-    let oci = filter.is_none_or(|f| "package_oci".contains(f));
+    // The packages, checked as if they were tests named `package_<kind>`.
+    let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+    let deb = wanted("package_deb");
+    let oci = wanted("package_oci");
     if deb || oci {
         package::check(root, bin, deb, oci)?;
+    }
+    for (name, check) in package::MORE_CHECKS {
+        if wanted(name) {
+            check(root, bin).with_context(|| format!("check {name}"))?;
+        }
     }
     Ok(())
 }

@@ -19,3 +19,11 @@ mod util;
 pub use check::check;
 pub use deb::build;
 pub use oci::build as build_oci;
+
+/// A package check beyond the .deb and the image: builds its artefact from the release binary
+/// and checks it.
+pub type Check = fn(root: &std::path::Path, bin: &std::path::Path) -> anyhow::Result<()>;
+
+/// The checks `cargo xtask test` runs after the .deb and image checks, each under the name a
+/// test filter selects it by.
+pub const MORE_CHECKS: &[(&str, Check)] = &[];
