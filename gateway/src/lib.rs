@@ -9,6 +9,7 @@ pub mod config;
 pub mod containerboot;
 pub mod control;
 pub mod daemon;
+pub mod derp;
 pub mod device;
 pub mod dns;
 pub mod filter;
@@ -25,3 +26,6 @@ pub mod route;
 pub mod uapi;
 pub mod wg;
 pub mod xdp;
+
+#[cfg(test)]
+mod test_util;

@@ -37,7 +37,7 @@ pub fn health(st: &Status) -> Result<(), String> {
 }
 
 /// A metric family being written: `# HELP`/`# TYPE` once, then samples.
-struct Family<'a> {
+pub(crate) struct Family<'a> {
     out: &'a mut String,
 }
 
@@ -48,13 +48,20 @@ fn escape(v: &str) -> String {
 }
 
 impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+    /// Starts the family `name` of `kind` (counter, gauge) in `out`.
+    pub(crate) fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         Family { out }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    /// Writes one sample of the family.
+    pub(crate) fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         let _ = write!(self.out, "{name}");
         if !labels.is_empty() {
             let l: Vec<String> = labels
@@ -278,8 +285,8 @@ pub fn render(st: &Status) -> String {
     out
 }
 
-/// An HTTP response: status line, content type, body.
-fn respond(path: &str, st: Option<&Status>) -> (u16, &'static str, String) {
+/// The daemon's response for `path`.
+fn respond(path: &str, st: Option<&Status>) -> Reply {
     match (path, st) {
         ("/metrics", Some(st)) => (200, "text/plain; version=0.0.4", render(st)),
         ("/healthz", Some(st)) => match health(st) {
@@ -325,10 +332,13 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-async fn serve_one<F, Fut>(mut conn: TcpStream, status: F) -> std::io::Result<()>
+/// An HTTP response: status code, content type, body.
+pub type Reply = (u16, &'static str, String);
+
+async fn serve_one<F, Fut>(mut conn: TcpStream, answer: F) -> std::io::Result<()>
 where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<Status>>,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Reply>,
 {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -354,7 +364,7 @@ where
         (431, "text/plain", "request too large\n".to_string())
     } else {
         match request_path(&text) {
-            Ok(path) => respond(path, status().await.as_ref()),
+            Ok(path) => answer(path.to_string()).await,
             Err(code) => (code, "text/plain", format!("{}\n", reason(code))),
         }
     };
@@ -385,6 +395,20 @@ where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Option<Status>> + Send,
 {
+    serve_with(listener, move |path: String| {
+        let status = status.clone();
+        async move { respond(&path, status().await.as_ref()) }
+    })
+    .await
+}
+
+/// Serves `GET` requests on `listener` until the task is dropped, one per connection:
+/// `answer` maps the request path to the response.
+pub async fn serve_with<F, Fut>(listener: TcpListener, answer: F)
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send,
+{
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -394,9 +418,9 @@ where
                 continue;
             }
         };
-        let status = status.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_one(conn, status).await {
+            if let Err(e) = serve_one(conn, answer).await {
                 log::debug!("metrics request from {peer}: {e}");
             }
         });

@@ -15,7 +15,7 @@
 //! See [`tunnel`] for how the device layer drives a tunnel (queue flushing, timer ticks).
 
 mod cookie;
-mod crypto;
+pub(crate) mod crypto;
 mod device_crypto;
 mod error;
 mod keys;
