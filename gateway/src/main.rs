@@ -127,6 +127,8 @@ enum Command {
     Pubkey,
     // Help text (short and long) comes from `ControlArgs`.
     Control(tailgate::control::cli::ControlArgs),
+    // Help text (short and long) comes from `DerpArgs`.
+    Derp(tailgate::derp::cli::DerpArgs),
     /// Container entrypoint: reads Tailscale's TS_* variables (TS_AUTHKEY, TS_HOSTNAME,
     /// TS_STATE_DIR, TS_ROUTES, TS_ACCEPT_DNS, TS_EXTRA_ARGS, TS_TAILSCALED_EXTRA_ARGS,
     /// TS_ENABLE_HEALTH_CHECK, TS_ENABLE_METRICS, TS_LOCAL_ADDR_PORT, TS_DEBUG_MTU) and TG_*
@@ -233,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Control(args) => tailgate::control::cli::run(args),
+        Command::Derp(args) => tailgate::derp::cli::run(args),
         Command::Containerboot => tailgate::containerboot::run(),
         Command::Pubkey => {
             let mut input = String::new();

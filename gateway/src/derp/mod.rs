@@ -11,10 +11,12 @@
 //! - [`ratelimit`]: the per-client token bucket.
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod frame;
 pub mod http;
+pub mod map;
 pub mod mesh;
 pub mod metrics;
 pub mod ratelimit;
