@@ -135,6 +135,11 @@ pub struct ServeArgs {
     /// HOST:PORT nodes use to reach this server, for the printed login URL.
     #[arg(long)]
     pub public_addr: Option<String>,
+    /// Relay map (JSON in Tailscale's derpMap shape: Regions → Nodes with HostName, DERPPort,
+    /// STUNPort, and CertSHA256/PublicKey as `tailgate derp serve` prints them) handed to
+    /// every node; the policy's `derpMap` can change it.
+    #[arg(long, value_name = "FILE")]
+    pub derp_map: Option<PathBuf>,
     /// The tailnet's DNS domain (nodes are NAME.DOMAIN).
     #[arg(long, default_value = "tailnet.internal")]
     pub domain: String,
@@ -292,6 +297,14 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 policy: s.policy,
                 public_addr: s.public_addr,
                 tailnet: TailnetConfig {
+                    relay_map: match &s.derp_map {
+                        Some(path) => crate::derp::map::RelayMap::from_json(
+                            &std::fs::read_to_string(path)
+                                .with_context(|| format!("reading {}", path.display()))?,
+                        )
+                        .with_context(|| path.display().to_string())?,
+                        None => Default::default(),
+                    },
                     domain: s.domain,
                     hold_down: s.hold_down,
                     offline_grace: s.offline_grace,

@@ -105,6 +105,7 @@ mod tests {
             },
             keepalive_interval_ms: 1000,
             packet_filter: None,
+            relay_map: None,
         }
     }
 

@@ -12,6 +12,9 @@
 //! }
 //! ```
 //!
+//! `derpMap` (Tailscale's shape) changes the relay map the server hands out: regions set to
+//! `null` are removed, others added or replaced (see [`crate::derp::map`]).
+//!
 //! Entries are `tag:NAME`, `group:NAME` or a user name. A tagged node (registered with a tagged
 //! auth key) matches by its tags only, like Tailscale; an untagged node matches by its user and
 //! the groups that contain the user. An advertised route is auto-approved when some
@@ -28,6 +31,7 @@ use serde::Deserialize;
 
 use super::acl::{Acl, Names, RawAclRule, RawAclTest};
 use super::hujson;
+use crate::derp::map::{RelayMap, RelayMapPatch};
 
 /// The parsed policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +42,8 @@ pub struct Policy {
     pub auto_approvers: AutoApprovers,
     /// Access rules and their tests.
     pub acl: Acl,
+    /// `derpMap`: changes to the server's relay map (see [`crate::derp::map`]).
+    pub derp_map: Option<RelayMapPatch>,
     /// The text it was parsed from (what `tailgate control policy get` returns).
     pub text: String,
 }
@@ -73,7 +79,7 @@ struct RawPolicy {
     #[serde(default)]
     ipsets: Option<serde_json::Value>,
     #[serde(default)]
-    derp_map: Option<serde_json::Value>,
+    derp_map: Option<RelayMapPatch>,
     #[serde(default, rename = "disableIPv4")]
     disable_ipv4: Option<serde_json::Value>,
     #[serde(default)]
@@ -90,7 +96,6 @@ impl RawPolicy {
             ("grants", self.grants.is_some()),
             ("postures", self.postures.is_some()),
             ("ipsets", self.ipsets.is_some()),
-            ("derpMap", self.derp_map.is_some()),
             ("disableIPv4", self.disable_ipv4.is_some()),
             ("randomizeClientPort", self.randomize_client_port.is_some()),
         ]
@@ -207,9 +212,21 @@ impl Policy {
                 }
             }
         }
+        if let Some(patch) = &raw.derp_map {
+            // The regions it sets must be valid on their own (the base map is checked when the
+            // server applies it).
+            let only_patch = RelayMapPatch {
+                omit_default_regions: true,
+                ..patch.clone()
+            };
+            RelayMap::default()
+                .patched(&only_patch)
+                .map_err(|e| at("derpMap", format!("derpMap: {}", e.0)))?;
+        }
         let policy = Policy {
             groups: raw.groups.clone(),
             auto_approvers: raw.auto_approvers,
+            derp_map: raw.derp_map,
             acl: Acl {
                 rules,
                 groups: raw.groups,
@@ -398,5 +415,27 @@ mod tests {
         );
         assert!(ts.is_ok(), "{ts:?}");
         assert!(Policy::parse(r#"{"bogus": 1}"#, "p").is_err());
+    }
+
+    #[test]
+    fn derp_maps_are_read_and_bad_ones_refused_with_the_line() {
+        let p = Policy::parse(
+            r#"{
+              "derpMap": { "Regions": { "1": null, "900": { "RegionID": 900,
+                "Nodes": [{ "Name": "a", "RegionID": 900, "HostName": "relay.test" }] } } }
+            }"#,
+            "p",
+        )
+        .unwrap();
+        let patch = p.derp_map.unwrap();
+        assert_eq!(patch.regions.len(), 2);
+        assert!(patch.regions["1"].is_none());
+        let e = Policy::parse(
+            "{\n  \"derpMap\": { \"Regions\": { \"900\": { \"RegionID\": 901, \"Nodes\": [] } } }\n}",
+            "p",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2") && e.contains("RegionID 901"), "{e}");
     }
 }

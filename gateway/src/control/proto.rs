@@ -464,6 +464,9 @@ pub struct NetMap {
     /// accepts.
     #[serde(default)]
     pub packet_filter: Option<Vec<FilterRule>>,
+    /// The relay servers nodes may use (`None`: no relays configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_map: Option<crate::derp::map::RelayMap>,
 }
 
 impl NetMap {
@@ -691,6 +694,7 @@ mod tests {
             dns: DnsConfig { domain: "t".into() },
             keepalive_interval_ms: 1000,
             packet_filter: None,
+            relay_map: None,
         };
         let ranks: Vec<(u64, u32)> = nm
             .adverts()

@@ -91,6 +91,10 @@ impl Server {
             cfg.policy = Policy::parse(&text, "stored policy")?;
             log::info!("policy loaded from the store (set with `tailgate control policy set`)");
         }
+        if !cfg.relay_map.regions.is_empty() || cfg.policy.derp_map.is_some() {
+            let map = super::tailnet::relay_map_of(&cfg.relay_map, &cfg.policy)?;
+            log::info!("relay map: {} region(s)", map.regions.len());
+        }
         let keepalive = cfg.keepalive.max(Duration::from_millis(100));
         let mut tailnet = Tailnet::new(store, cfg, Instant::now())?;
         let server_key = tailnet.server_private_key();

@@ -42,6 +42,7 @@ use super::proto::{
     Registration, RouteState, ServerError, MAX_ENDPOINTS, QUAD100, TAILNET_V6,
 };
 use super::store::{unix_now, unix_now_ms, AuthKeyRecord, NodeRecord, RouteRecord, Store};
+use crate::derp::map::RelayMap;
 use crate::wg::Key;
 
 /// `0.0.0.0/0`.
@@ -107,6 +108,8 @@ pub struct TailnetConfig {
     pub policy: Policy,
     /// The file the policy came from (`--policy`); `policy set` writes the new one there too.
     pub policy_file: Option<std::path::PathBuf>,
+    /// The relay map before the policy's `derpMap` (`--derp-map`).
+    pub relay_map: RelayMap,
 }
 
 impl Default for TailnetConfig {
@@ -122,6 +125,7 @@ impl Default for TailnetConfig {
             auth_key_expiry: Duration::from_secs(90 * 86400),
             default_user: "default".into(),
             policy: Policy::default(),
+            relay_map: RelayMap::default(),
             policy_file: None,
         }
     }
@@ -196,6 +200,16 @@ fn server_error(code: ErrorCode, message: impl Into<String>) -> ServerError {
     ServerError {
         code,
         message: message.into(),
+    }
+}
+
+/// The relay map nodes get: the base map with the policy's `derpMap` applied.
+pub(super) fn relay_map_of(base: &RelayMap, policy: &Policy) -> Result<RelayMap> {
+    match &policy.derp_map {
+        None => Ok(base.clone()),
+        Some(patch) => base
+            .patched(patch)
+            .map_err(|e| anyhow!("policy: derpMap on the server's relay map: {}", e.0)),
     }
 }
 
@@ -1173,6 +1187,9 @@ impl Tailnet {
             },
             keepalive_interval_ms: self.cfg.keepalive.as_millis() as u64,
             packet_filter: filter_of(id).clone(),
+            relay_map: relay_map_of(&self.cfg.relay_map, &self.cfg.policy)
+                .ok()
+                .filter(|m| !m.regions.is_empty()),
         })
     }
 
@@ -1383,6 +1400,7 @@ impl Tailnet {
     /// stays. Stored (and written to the `--policy` file) before it takes effect.
     pub fn set_policy(&mut self, text: &str, now: Instant) -> Result<PolicySummary> {
         let policy = Policy::parse(text, "policy")?;
+        relay_map_of(&self.cfg.relay_map, &policy)?;
         if let Some(path) = &self.cfg.policy_file {
             crate::atomic_file::write(path, text.as_bytes(), 0o644)
                 .map_err(|e| anyhow!("writing {}: {e:#}", path.display()))?;

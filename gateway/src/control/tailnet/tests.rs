@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::control::proto::RouteState;
+use crate::derp::map::RelayMap;
 
 struct TempDir(std::path::PathBuf);
 
@@ -949,4 +950,53 @@ fn natural_key_expiry_closes_the_session() {
     assert!(matches!(&*s.pushes.borrow(), Push::Close(e) if e.code == ErrorCode::NodeExpired));
     assert!(latest(&so).unwrap().peers.is_empty());
     assert!(t.nodes[&r.node_id].live.session.is_none());
+}
+
+#[test]
+fn the_relay_map_reaches_nodes_and_the_policy_patches_it() {
+    let dir = TempDir::new("relaymap");
+    let now = Instant::now();
+    let mut c = cfg();
+    c.relay_map = RelayMap::from_json(
+        r#"{"Regions": {"900": {"RegionID": 900, "RegionCode": "home", "Nodes": [
+            {"Name": "900a", "RegionID": 900, "HostName": "relay.home.test"}]}}}"#,
+    )
+    .unwrap();
+    let mut t = open(&dir, c, now);
+    let k = key(&mut t, true, false, &[]);
+    let a = machine();
+    ok(register(&mut t, &a, Some(&k), hostinfo("a", &[], 0), now));
+    let ta = t.attach(&a.key, &NodeUpdate::default(), now).unwrap();
+    let regions = |t: &SessionTicket| -> Vec<u32> {
+        latest(t)
+            .unwrap()
+            .relay_map
+            .as_ref()
+            .map(|m| m.regions.keys().copied().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(regions(&ta), [900]);
+    // The seed's example: disable region 900, add 901.
+    t.set_policy(
+        r#"{ "derpMap": { "Regions": { "900": null, "901": { "RegionID": 901,
+            "Nodes": [{ "Name": "901a", "RegionID": 901, "HostName": "relay.cloud.test" }] } } } }"#,
+        now,
+    )
+    .unwrap();
+    assert_eq!(regions(&ta), [901]);
+    // A patch that clashes with the base map (a node name used twice) is refused; the map
+    // stays.
+    let e = t
+        .set_policy(
+            r#"{ "derpMap": { "Regions": { "902": { "RegionID": 902,
+            "Nodes": [{ "Name": "900a", "RegionID": 902, "HostName": "x.test" }] } } } }"#,
+            now,
+        )
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("used twice"), "{e:#}");
+    assert_eq!(regions(&ta), [901]);
+    // Removing every region leaves nodes without a relay map.
+    t.set_policy(r#"{ "derpMap": { "OmitDefaultRegions": true } }"#, now)
+        .unwrap();
+    assert!(latest(&ta).unwrap().relay_map.is_none());
 }
