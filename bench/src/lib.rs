@@ -6,5 +6,6 @@ pub mod args;
 pub mod dns_bench;
 pub mod forward_bench;
 pub mod lab;
+pub mod relay_bench;
 pub mod transfer;
 pub mod tunnel_bench;

@@ -18,6 +18,9 @@
 //!   resolver vs a dnsmasq forwarder, with dnsperf), written to `docs/benchmarks-dns.md`
 //! - `bench acl [--quick] [--out PATH]`: setup + build + the access-control benchmark (a subnet
 //!   router's XDP path with a 1,000-rule policy vs none), written to `docs/benchmarks-acl.md`
+//! - `bench relay [--quick] [--out PATH]`: setup + build + the relay benchmark (`tailgate derp
+//!   serve` over TLS, plain HTTP and a two-server mesh vs direct UDP), written to
+//!   `docs/benchmarks-relay.md`
 //! - `package deb`: setup + build + the Debian package in `target/deb/` (docs/packaging.md)
 //! - `package oci`: setup + build + the container image `target/oci/tailgate-oci.tar`
 //!   (docs/container.md)
@@ -137,6 +140,17 @@ enum Bench {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// Relay: packets per second and throughput between two clients through `tailgate derp
+    /// serve` (TLS, plain HTTP, a mesh of two servers) vs direct UDP, same run.
+    Relay {
+        /// One run of 2 s per figure instead of the median of 3 runs of 5 s.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the Markdown report [default: docs/benchmarks-relay.md in the
+        /// workspace].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `--out` resolved against where the user ran xtask, else `default` in the workspace.
@@ -207,6 +221,13 @@ fn main() -> Result<()> {
                 Bench::Acl { quick, out } => (
                     "tailgate-bench-acl",
                     "docs/benchmarks-acl.md",
+                    quick,
+                    None,
+                    out,
+                ),
+                Bench::Relay { quick, out } => (
+                    "tailgate-bench-relay",
+                    "docs/benchmarks-relay.md",
                     quick,
                     None,
                     out,
