@@ -97,11 +97,25 @@ pub enum WanCounter {
     /// Anything not addressed to the listen port (other ports, other protocols, non-IP, IPv6
     /// with extension headers other than a fragment header, non-first fragments), passed.
     OtherPassed = 10,
+    /// A peer discovery message (starts with [`DISCO_MAGIC`]), passed.
+    PassDisco = 11,
+    /// A STUN binding success response (the node asked a STUN server for its public
+    /// address from the tunnel's socket), passed.
+    PassStun = 12,
 }
+
+/// First bytes of the peers' discovery messages (see `gateway/src/traversal/disco.rs`).
+pub const DISCO_MAGIC: [u8; 6] = *b"TGdsc1";
+/// Bytes of a discovery message before its sealed body (magic, key, nonce).
+pub const DISCO_HEADER_LEN: u32 = 62;
+/// STUN's magic cookie (RFC 5389), bytes 4..8 of every STUN message.
+pub const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+/// STUN header length.
+pub const STUN_HEADER_LEN: u32 = 20;
 
 impl WanCounter {
     /// Number of counters (`max_entries` of `WAN_COUNTERS`).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
 
     /// All counters, in index order.
     pub const ALL: [WanCounter; Self::COUNT as usize] = [
@@ -116,6 +130,8 @@ impl WanCounter {
         WanCounter::DropBadLength,
         WanCounter::DropMalformed,
         WanCounter::OtherPassed,
+        WanCounter::PassDisco,
+        WanCounter::PassStun,
     ];
 
     pub const fn index(self) -> u32 {
@@ -144,6 +160,8 @@ impl WanCounter {
             WanCounter::DropBadLength => "drop_bad_length",
             WanCounter::DropMalformed => "drop_malformed",
             WanCounter::OtherPassed => "other_passed",
+            WanCounter::PassDisco => "pass_disco",
+            WanCounter::PassStun => "pass_stun",
         }
     }
 
@@ -157,20 +175,51 @@ impl WanCounter {
                 | WanCounter::PassWgData
                 | WanCounter::PassFragment
                 | WanCounter::OtherPassed
+                | WanCounter::PassDisco
+                | WanCounter::PassStun
         )
     }
 }
 
 /// Classifies the UDP payload of a datagram addressed to the listen port.
 ///
-/// `header` is the first four payload bytes (only meaningful when `payload_len >= 4`), and
-/// `payload_len` the UDP payload length. Returns one of the `PassWg*` or `Drop*` counters
-/// (never `PassFragment`, `DropMalformed` or `OtherPassed`, which depend on the headers).
-/// Shared by the XDP program and the userspace tests so both agree on the rules.
+/// `header` is the first eight payload bytes (only meaningful when `payload_len >= 8`), and
+/// `payload_len` the UDP payload length. Returns one of the `PassWg*`, `PassDisco`,
+/// `PassStun` or `Drop*` counters (never `PassFragment`, `DropMalformed` or `OtherPassed`,
+/// which depend on the headers). Shared by the XDP program and the userspace tests so both
+/// agree on the rules.
 #[inline(always)]
-pub fn classify_wg_payload(header: [u8; 4], payload_len: u32, strict_padding: bool) -> WanCounter {
+pub fn classify_wg_payload(header: [u8; 8], payload_len: u32, strict_padding: bool) -> WanCounter {
     if payload_len < WG_DATA_MIN_LEN {
         return WanCounter::DropTooShort;
+    }
+    if header[0] == DISCO_MAGIC[0]
+        && header[1] == DISCO_MAGIC[1]
+        && header[2] == DISCO_MAGIC[2]
+        && header[3] == DISCO_MAGIC[3]
+        && header[4] == DISCO_MAGIC[4]
+        && header[5] == DISCO_MAGIC[5]
+    {
+        return if payload_len > DISCO_HEADER_LEN {
+            WanCounter::PassDisco
+        } else {
+            WanCounter::DropBadLength
+        };
+    }
+    // A STUN binding success response (type 0x0101) whose length field covers the rest.
+    if header[0] == 0x01
+        && header[1] == 0x01
+        && header[4] == STUN_MAGIC_COOKIE[0]
+        && header[5] == STUN_MAGIC_COOKIE[1]
+        && header[6] == STUN_MAGIC_COOKIE[2]
+        && header[7] == STUN_MAGIC_COOKIE[3]
+    {
+        let body = u16::from_be_bytes([header[2], header[3]]) as u32;
+        return if body + STUN_HEADER_LEN == payload_len {
+            WanCounter::PassStun
+        } else {
+            WanCounter::DropBadLength
+        };
     }
     let (pass, ok) = match header[0] {
         1 => (WanCounter::PassWgInit, payload_len == WG_HANDSHAKE_INIT_LEN),
@@ -221,7 +270,7 @@ mod tests {
     #[test]
     fn classify() {
         use WanCounter::*;
-        let h = |t: u8| [t, 0, 0, 0];
+        let h = |t: u8| [t, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
         assert_eq!(classify_wg_payload(h(1), 148, false), PassWgInit);
         assert_eq!(classify_wg_payload(h(2), 92, false), PassWgResponse);
         assert_eq!(classify_wg_payload(h(3), 64, false), PassWgCookie);
@@ -237,13 +286,22 @@ mod tests {
         assert_eq!(classify_wg_payload(h(0), 148, false), DropBadType);
         assert_eq!(classify_wg_payload(h(5), 148, false), DropBadType);
         assert_eq!(
-            classify_wg_payload([1, 0, 1, 0], 148, false),
+            classify_wg_payload([1, 0, 1, 0, 0, 0, 0, 0], 148, false),
             DropBadReserved
         );
         // Reserved is checked before the length.
         assert_eq!(
-            classify_wg_payload([2, 1, 0, 0], 100, false),
+            classify_wg_payload([2, 1, 0, 0, 0, 0, 0, 0], 100, false),
             DropBadReserved
         );
+        // Discovery messages and STUN binding answers pass; look-alikes do not.
+        let disco = [b'T', b'G', b'd', b's', b'c', b'1', 0, 0];
+        assert_eq!(classify_wg_payload(disco, 100, false), PassDisco);
+        assert_eq!(classify_wg_payload(disco, 62, false), DropBadLength);
+        let stun = [0x01, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+        assert_eq!(classify_wg_payload(stun, 32, false), PassStun);
+        assert_eq!(classify_wg_payload(stun, 40, false), DropBadLength);
+        let request = [0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+        assert_eq!(classify_wg_payload(request, 32, false), DropBadType);
     }
 }

@@ -169,15 +169,15 @@ fn classify_udp(ctx: &XdpContext, cfg: &WanConfig, off: usize, first_fragment: b
         return WanCounter::DropMalformed;
     }
     let payload_len = (udp_len - UDP_HDR_LEN) as u32;
-    let header = if payload_len >= 4 {
-        let Some(h) = ptr_at::<[u8; 4]>(ctx, off + UDP_HDR_LEN) else {
+    let header = if payload_len >= 8 {
+        let Some(h) = ptr_at::<[u8; 8]>(ctx, off + UDP_HDR_LEN) else {
             // Only possible for a (bogus) first fragment that ends inside the header.
             return WanCounter::DropMalformed;
         };
-        // SAFETY: bounds checked by `ptr_at`; `[u8; 4]` has alignment 1.
+        // SAFETY: bounds checked by `ptr_at`; `[u8; 8]` has alignment 1.
         unsafe { *h }
     } else {
-        [0; 4]
+        [0; 8]
     };
     let verdict = classify_wg_payload(
         header,

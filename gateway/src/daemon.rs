@@ -677,9 +677,16 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus)
                 primary_routes: None,
                 standby_routes: None,
                 os: None,
+                path: None,
+                direct_rtt_ms: None,
             })
             .collect(),
         control: None,
+        relays: dev
+            .paths
+            .get()
+            .map(|p| p.relay().status())
+            .unwrap_or_default(),
     }
 }
 

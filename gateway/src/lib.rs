@@ -23,6 +23,7 @@ pub mod netstack;
 pub mod node_control;
 pub mod prefs;
 pub mod route;
+pub mod traversal;
 pub mod uapi;
 pub mod wg;
 pub mod xdp;

@@ -470,8 +470,11 @@ mod tests {
                 primary_routes: Some(vec!["10.0.50.0/24".into()]),
                 standby_routes: None,
                 os: None,
+                path: None,
+                direct_rtt_ms: None,
             }],
             control: None,
+            relays: vec![],
         }
     }
 

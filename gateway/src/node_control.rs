@@ -28,8 +28,12 @@ use crate::forwarding::Routing;
 use crate::liveness::{ProbeTiming, Prober};
 use crate::netcfg::{InstalledRoutes, Netlink};
 use crate::prefs::RoutingPrefs;
+use crate::traversal::manager::PathManager;
+use crate::traversal::paths::{Path, Timing};
+use crate::traversal::relay::{relay_addr, RelayLinks};
 use crate::uapi::SetRequest;
 use crate::wg::Key;
+use x25519_dalek::StaticSecret;
 
 /// A node key this close to its expiry is replaced (at `up` and by an hourly check).
 const KEY_ROTATE_BEFORE: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -429,7 +433,42 @@ impl ControlMode {
                 );
                 p.os = Some(v.os.clone());
             }
+            if let (Some(paths), Ok(key)) =
+                (self.parts.dev.paths.get(), Key::from_base64(&p.public_key))
+            {
+                if let Some(view) = paths.view(&key) {
+                    p.path = Some(match view.path {
+                        Path::None => "none".to_string(),
+                        Path::Direct(a) => format!("direct {a}"),
+                        Path::Relay(r) => format!("relay {r}"),
+                    });
+                    p.direct_rtt_ms = view.latency.map(|d| d.as_secs_f64() * 1e3);
+                }
+            }
         }
+    }
+
+    /// The device's path manager, created with the first netmap that has a relay map; the
+    /// relay map goes to its relay connections. `None` while no relay map was ever given.
+    fn path_manager(&self, nm: &NetMap) -> Option<Arc<PathManager>> {
+        let dev = &self.parts.dev;
+        if nm.relay_map.is_none() && dev.paths.get().is_none() {
+            return None;
+        }
+        let paths = dev
+            .paths
+            .get_or_init(|| {
+                let key = StaticSecret::from(*dev.state().private_key.as_bytes());
+                let relay = RelayLinks::new(key.clone(), dev.relay_inbound.clone());
+                let pm = PathManager::new(dev, relay, key, Timing::default());
+                tokio::spawn(pm.clone().run());
+                pm
+            })
+            .clone();
+        paths
+            .relay()
+            .set_map(nm.relay_map.clone().unwrap_or_default());
+        Some(paths)
     }
 
     /// Applies a netmap: peers (in place), their routes, kernel routes.
@@ -440,6 +479,7 @@ impl ControlMode {
             dns.netmap(nm);
         }
         let own = self.parts.dev.state().public_key;
+        let paths = self.path_manager(nm);
         let routes = failover::effective_routes(nm, &lock(&self.silent));
         let peers: Vec<PeerConfig> = nm
             .peers
@@ -448,7 +488,11 @@ impl ControlMode {
             .map(|p| PeerConfig {
                 public_key: p.node_key,
                 preshared_key: None,
-                endpoint: p.endpoints.first().copied(),
+                // With a relay the path manager picks the endpoint (re-applied below).
+                endpoint: match (&paths, p.relay_region.and_then(relay_addr)) {
+                    (Some(_), Some(relay)) => Some(relay),
+                    _ => p.endpoints.first().copied(),
+                },
                 allowed_ips: p.addresses.iter().map(IpNet::trunc).collect(),
                 persistent_keepalive: None,
                 name: Some(p.name.clone()),
@@ -458,6 +502,15 @@ impl ControlMode {
             .collect();
         if let Err(e) = self.parts.dev.sync_peers(&peers) {
             log::warn!("applying netmap {}: {e}", nm.version);
+        }
+        if let Some(paths) = &paths {
+            let info: Vec<_> = nm
+                .peers
+                .iter()
+                .filter(|p| p.node_key != own)
+                .map(|p| (p.node_key, p.relay_region, p.endpoints.clone()))
+                .collect();
+            paths.sync(&info);
         }
         let prefs = self.parts.routing.lock().await.status().prefs.clone();
         if let Err(e) = self.parts.dev.set_routing(&prefs) {
@@ -557,6 +610,11 @@ async fn pump(
                     t.set_targets(if accept { failover::probe_targets(nm) } else { Vec::new() });
                 }
                 mode.on_event(ev).await;
+                if let Some(paths) = mode.parts.dev.paths.get() {
+                    let port = mode.parts.dev.state().listen_port;
+                    paths.set_own_endpoints(local_endpoints(&login_server, port, &mode.parts.dev.name));
+                    handle.set_relay_region(paths.relay().home());
+                }
             }
             silent = next_change(&mut health) => {
                 let target = health_target.map(|t| t.to_string()).unwrap_or_default();
@@ -599,7 +657,12 @@ async fn pump(
             }
             _ = refresh.tick() => {
                 let st = mode.parts.dev.state().listen_port;
-                handle.set_endpoints(local_endpoints(&login_server, st, &mode.parts.dev.name));
+                let endpoints = local_endpoints(&login_server, st, &mode.parts.dev.name);
+                if let Some(paths) = mode.parts.dev.paths.get() {
+                    paths.set_own_endpoints(endpoints.clone());
+                    handle.set_relay_region(paths.relay().home());
+                }
+                handle.set_endpoints(endpoints);
             }
         }
     }

@@ -41,6 +41,9 @@ pub struct Status {
     /// The coordination-server session (control mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlStatus>,
+    /// Relay connections (control mode with a relay map).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<crate::traversal::relay::LinkStatus>,
 }
 
 /// The node's session with its coordination server.
@@ -123,6 +126,13 @@ pub struct PeerStatus {
     /// Its operating system, as it reported it (control mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<String>,
+    /// How packets reach it: `direct IP:PORT`, `relay REGION` or `none` (control mode with a
+    /// relay map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Round-trip time of its direct path, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_rtt_ms: Option<f64>,
 }
 
 impl Status {
@@ -251,6 +261,20 @@ impl Status {
                 let _ = writeln!(s, "  name: {n} ({})", c.addresses.join(", "));
             }
         }
+        for r in &self.relays {
+            let _ = writeln!(
+                s,
+                "relay region {} ({}){}: {}",
+                r.region,
+                r.code,
+                if r.home { ", home" } else { "" },
+                if r.connected {
+                    "connected"
+                } else {
+                    "connecting"
+                }
+            );
+        }
         for p in &self.peers {
             let _ = writeln!(s, "\npeer: {}", p.public_key);
             if let Some(n) = &p.name {
@@ -275,7 +299,14 @@ impl Status {
             if let Some(r) = p.standby_routes.as_ref().filter(|r| !r.is_empty()) {
                 let _ = writeln!(s, "  standby routes: {}", r.join(", "));
             }
-            if let Some(e) = p.endpoint {
+            if let Some(path) = &p.path {
+                let rtt = p
+                    .direct_rtt_ms
+                    .filter(|_| path.starts_with("direct"))
+                    .map(|ms| format!(" ({ms:.1} ms)"))
+                    .unwrap_or_default();
+                let _ = writeln!(s, "  path: {path}{rtt}");
+            } else if let Some(e) = p.endpoint {
                 let _ = writeln!(s, "  endpoint: {e}");
             }
             let _ = writeln!(s, "  allowed ips: {}", p.allowed_ips.join(", "));

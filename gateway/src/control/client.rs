@@ -175,6 +175,7 @@ pub enum ClientEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Desired {
     endpoints: Vec<SocketAddr>,
+    relay_region: Option<u32>,
     health: Health,
     hostinfo: Hostinfo,
 }
@@ -394,6 +395,15 @@ impl ControlHandle {
         });
     }
 
+    /// Reports the node's home relay region.
+    pub fn set_relay_region(&self, region: Option<u32>) {
+        self.desired.send_if_modified(|d| {
+            let changed = d.relay_region != region;
+            d.relay_region = region;
+            changed
+        });
+    }
+
     /// Reports the LAN health probe's result.
     pub fn set_health(&self, health: Health) {
         self.desired.send_if_modified(|d| {
@@ -517,6 +527,7 @@ async fn session_once(
             endpoints: Some(current.endpoints.clone()),
             health: Some(current.health.clone()),
             hostinfo: Some(current.hostinfo.clone()),
+            relay_region: current.relay_region,
         }))
         .await?;
     let _ = events.send(ClientEvent::Connected);
@@ -570,6 +581,11 @@ async fn session_once(
                     endpoints: (now.endpoints != sent.endpoints).then(|| now.endpoints.clone()),
                     health: (now.health != sent.health).then(|| now.health.clone()),
                     hostinfo: (now.hostinfo != sent.hostinfo).then(|| now.hostinfo.clone()),
+                    relay_region: if now.relay_region != sent.relay_region {
+                        now.relay_region
+                    } else {
+                        None
+                    },
                 };
                 if update != NodeUpdate::default() {
                     conn.writer.send(&ClientMessage::Update(update)).await?;

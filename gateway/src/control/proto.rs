@@ -243,6 +243,9 @@ pub struct NodeUpdate {
     /// New hostinfo (route advertisement, priority or exit-node offer changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostinfo: Option<Hostinfo>,
+    /// The relay region where the node can be reached (its home relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_region: Option<u32>,
 }
 
 /// A message from the node.
@@ -331,6 +334,9 @@ pub struct NodeView {
     pub node_key: Key,
     /// Where its WireGuard socket can be reached.
     pub endpoints: Vec<SocketAddr>,
+    /// The relay region where it can be reached (its home relay), if it reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_region: Option<u32>,
     /// Its tailnet addresses (`/32` and `/128`).
     pub addresses: Vec<IpNet>,
     /// What a peer puts in WireGuard allowed IPs: its addresses, the approved routes it is
@@ -371,6 +377,7 @@ impl NodeView {
             fqdn: format!("{name}.tailnet.example"),
             node_key: Key::from([id as u8; 32]),
             endpoints: vec![],
+            relay_region: None,
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             allowed_ips: vec![],
             routes: vec![],
@@ -669,6 +676,7 @@ mod tests {
             fqdn: format!("n{id}.t"),
             node_key: k,
             endpoints: vec![],
+            relay_region: None,
             addresses: vec![format!("100.64.0.{id}/32").parse().unwrap()],
             allowed_ips: vec![],
             routes: vec![RouteState {

@@ -164,6 +164,7 @@ struct Live {
     /// Has had a session since the server started.
     seen_since_start: bool,
     endpoints: Vec<SocketAddr>,
+    relay_region: Option<u32>,
     health: Health,
     eligible_since: Option<Instant>,
 }
@@ -807,6 +808,9 @@ impl Tailnet {
             eps.truncate(MAX_ENDPOINTS);
             node.live.endpoints = eps;
         }
+        if let Some(r) = update.relay_region {
+            node.live.relay_region = Some(r);
+        }
         if let Some(h) = &update.health {
             if h.lan_ok != node.live.health.lan_ok {
                 log::info!(
@@ -1089,6 +1093,7 @@ impl Tailnet {
             fqdn: format!("{}.{}", rec.name, self.cfg.domain),
             node_key: rec.node_key,
             endpoints: n.live.endpoints.clone(),
+            relay_region: n.live.relay_region,
             addresses,
             allowed_ips,
             routes,

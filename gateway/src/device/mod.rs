@@ -50,6 +50,12 @@ pub struct Device {
     pub load: LoadMeter,
     /// What the tailnet policy lets in (control mode; allows everything until rules come).
     pub filter: crate::filter::PacketFilter,
+    /// Path management (control mode with a relay map): relay connections and discovery.
+    pub paths: std::sync::OnceLock<Arc<crate::traversal::manager::PathManager>>,
+    /// Where relay connections deliver what they receive (read by the UDP reader).
+    pub relay_inbound: tokio::sync::mpsc::Sender<crate::traversal::relay::Inbound>,
+    relay_inbound_rx:
+        std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::traversal::relay::Inbound>>>,
     state: RwLock<DeviceState>,
 }
 
@@ -204,6 +210,8 @@ impl Device {
         listen_port: u16,
     ) -> Device {
         let now = Instant::now();
+        let (relay_inbound, rx) =
+            tokio::sync::mpsc::channel(crate::traversal::relay::INBOUND_QUEUE);
         Device {
             name,
             tun,
@@ -211,8 +219,23 @@ impl Device {
             counters: Counters::default(),
             load: LoadMeter::new(now),
             filter: crate::filter::PacketFilter::default(),
+            paths: std::sync::OnceLock::new(),
+            relay_inbound,
+            relay_inbound_rx: std::sync::Mutex::new(Some(rx)),
             state: RwLock::new(DeviceState::new(private_key, listen_port)),
         }
+    }
+
+    /// The receiving end of [`Device::relay_inbound`] (once; the UDP reader takes it).
+    pub fn take_relay_inbound(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::traversal::relay::Inbound>> {
+        lock(&self.relay_inbound_rx).take()
+    }
+
+    /// Whether the path manager chooses `peer`'s endpoint (WireGuard roaming must not).
+    pub fn path_managed(&self, peer: &Key) -> bool {
+        self.paths.get().is_some_and(|p| p.manages(peer))
     }
 
     /// Shared access to keys, peers and routes.
@@ -389,6 +412,9 @@ impl Device {
     /// `wg set private-key`, which drops them), so traffic flows on while the peers learn the
     /// new public key.
     pub fn rotate_private_key(&self, key: Key) {
+        if let Some(p) = self.paths.get() {
+            p.set_key(x25519_dalek::StaticSecret::from(*key.as_bytes()));
+        }
         let mut st = self.state_mut();
         if key == st.private_key {
             return;

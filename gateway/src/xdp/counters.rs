@@ -29,6 +29,10 @@ pub struct WanCounters {
     pub drop_malformed: u64,
     /// Packets not addressed to the listen port, passed.
     pub other_passed: u64,
+    /// Peer discovery messages passed.
+    pub pass_disco: u64,
+    /// STUN binding answers passed.
+    pub pass_stun: u64,
 }
 
 impl WanCounters {
@@ -46,6 +50,8 @@ impl WanCounters {
             WanCounter::DropBadLength => self.drop_bad_length,
             WanCounter::DropMalformed => self.drop_malformed,
             WanCounter::OtherPassed => self.other_passed,
+            WanCounter::PassDisco => self.pass_disco,
+            WanCounter::PassStun => self.pass_stun,
         }
     }
 
@@ -62,6 +68,8 @@ impl WanCounters {
             WanCounter::DropBadLength => &mut self.drop_bad_length,
             WanCounter::DropMalformed => &mut self.drop_malformed,
             WanCounter::OtherPassed => &mut self.other_passed,
+            WanCounter::PassDisco => &mut self.pass_disco,
+            WanCounter::PassStun => &mut self.pass_stun,
         }
     }
 

@@ -9,6 +9,9 @@ use std::time::Instant;
 use crate::device::counters::BatchCounters;
 use crate::filter::{FlowCache, Verdict};
 use crate::io::offload::Coalescer;
+use crate::traversal::disco;
+use crate::traversal::manager::Source;
+use crate::traversal::relay::{region_of, relay_addr};
 use crate::wg::{Packet, Route, TunnResult, WgError};
 
 use super::{
@@ -31,8 +34,28 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
     let mut coalescer = Coalescer::new(COALESCE_BYTES, 1024);
     let mut translated = Vec::with_capacity(MAX_IP_PACKET);
     let mut flow_cache = FlowCache::default();
+    let mut relay_rx = dev.take_relay_inbound();
     loop {
-        let mut next = Some(dev.socket.recv_coalesced(&mut rx).await?);
+        let mut next = Some(match relay_rx.as_mut() {
+            Some(relay) => tokio::select! {
+                r = dev.socket.recv_coalesced(&mut rx) => r?,
+                m = relay.recv() => match m {
+                    // A datagram through a relay: handled like one from the region's
+                    // relay address.
+                    Some(m) if m.data.len() <= rx.len() => {
+                        rx[..m.data.len()].copy_from_slice(&m.data);
+                        let from = relay_addr(m.region).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                        (m.data.len(), from, None)
+                    }
+                    Some(_) => continue,
+                    None => {
+                        relay_rx = None;
+                        continue;
+                    }
+                },
+            },
+            None => dev.socket.recv_coalesced(&mut rx).await?,
+        });
         let mut rounds = 0;
         while let Some((n, src, segment)) = next {
             let now = Instant::now();
@@ -48,6 +71,10 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
             };
             let rules = dev.filter.snapshot();
             for datagram in rx[..n].chunks(segment.unwrap_or(n).max(1)) {
+                if disco::is_disco(datagram) {
+                    handle_disco(&dev, src, datagram).await;
+                    continue;
+                }
                 let Some((len, peer)) = handle_datagram(&dev, src, datagram, &mut plain, now).await
                 else {
                     continue;
@@ -106,6 +133,22 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
             };
         }
         flush(&dev, &mut coalescer).await;
+    }
+}
+
+/// Hands a discovery message to the path manager; counted as malformed when there is none or
+/// it does not authenticate.
+async fn handle_disco(dev: &Device, src: SocketAddr, datagram: &[u8]) {
+    let from = match region_of(src) {
+        Some(r) => Source::Relay(r),
+        None => Source::Udp(src),
+    };
+    let handled = match dev.paths.get() {
+        Some(p) => p.handle(from, datagram).await,
+        None => false,
+    };
+    if !handled {
+        dev.counters.drop(DropReason::Malformed);
     }
 }
 
@@ -183,7 +226,7 @@ async fn handle_datagram(
             dev.counters
                 .cookie_replies_sent
                 .fetch_add(1, Ordering::Relaxed);
-            send(dev, &out[..len], src).await;
+            send(dev, None, &out[..len], src).await;
             return None;
         }
         Routed::Drop(reason) => {
@@ -203,10 +246,13 @@ async fn handle_datagram(
         dev.counters.drop(r);
         return None;
     }
-    // The packet authenticated: the peer is where it came from (roaming).
-    peer.roam_to(src);
+    // The packet authenticated: the peer is where it came from (roaming), unless the path
+    // manager chooses its path.
+    if !dev.path_managed(&peer.public_key) {
+        peer.roam_to(src);
+    }
     match action {
-        Action::SendTo(len, to) => send(dev, &out[..len], to).await,
+        Action::SendTo(len, to) => send(dev, Some(&peer.public_key), &out[..len], to).await,
         Action::SendToPeer(len) => send_to_peer(dev, &peer, &out[..len]).await,
         Action::ToTun { len, src: inner } => {
             let allowed = dev

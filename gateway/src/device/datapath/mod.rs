@@ -79,12 +79,24 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
 /// Sends a datagram to the peer's endpoint, counting a drop when it has none.
 async fn send_to_peer(dev: &Device, peer: &Peer, buf: &[u8]) {
     match peer.endpoint() {
-        Some(ep) => send(dev, buf, ep).await,
+        Some(ep) => send(dev, Some(&peer.public_key), buf, ep).await,
         None => dev.counters.drop(DropReason::NoEndpoint),
     }
 }
 
-async fn send(dev: &Device, buf: &[u8], to: SocketAddr) {
+/// Sends a datagram to `to`: over UDP, or, when `to` stands for a relay region, through the
+/// relay to the node `peer` (a datagram for a relay without a known peer is dropped).
+async fn send(dev: &Device, peer: Option<&crate::wg::Key>, buf: &[u8], to: SocketAddr) {
+    if let Some(region) = crate::traversal::relay::region_of(to) {
+        let sent = match (dev.paths.get(), peer) {
+            (Some(paths), Some(peer)) => paths.relay().send(region, *peer.as_bytes(), buf),
+            _ => false,
+        };
+        if !sent {
+            dev.counters.drop(DropReason::NoEndpoint);
+        }
+        return;
+    }
     if let Err(e) = dev.socket.send_to(buf, to).await {
         log::debug!("send to {to}: {e}");
     }

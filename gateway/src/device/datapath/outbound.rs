@@ -77,6 +77,11 @@ pub async fn tun_to_udp(dev: Arc<Device>) -> io::Result<()> {
             continue;
         }
         match peer.endpoint() {
+            Some(ep) if crate::traversal::relay::region_of(ep).is_some() => {
+                for i in 0..out.len() {
+                    super::send(&dev, Some(&peer.public_key), out.get(i), ep).await;
+                }
+            }
             Some(ep) => send_batch(&dev, &out, ep).await,
             None => (0..out.len()).for_each(|_| dev.counters.drop(DropReason::NoEndpoint)),
         }

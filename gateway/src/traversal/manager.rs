@@ -1,0 +1,211 @@
+//! Carries out [`super::paths`]' decisions for a device: sends discovery pings over UDP and
+//! call-me-maybe messages through the relay, answers the peers' pings, and points each peer's
+//! WireGuard endpoint at the path chosen for it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use x25519_dalek::StaticSecret;
+
+use super::disco::{self, Message};
+use super::paths::{Action, Path, PathView, Paths, Timing};
+use super::relay::{relay_addr, RelayLinks};
+use crate::device::{lock, Device};
+use crate::wg::Key;
+
+/// How often path decisions run.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Where a discovery message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Over UDP from this address.
+    Udp(SocketAddr),
+    /// Through this relay region.
+    Relay(u32),
+}
+
+/// Path management for one device.
+pub struct PathManager {
+    dev: Weak<Device>,
+    relay: Arc<RelayLinks>,
+    paths: Mutex<Paths>,
+    key: RwLock<StaticSecret>,
+    own_endpoints: Mutex<Vec<SocketAddr>>,
+}
+
+impl PathManager {
+    /// A manager for `dev`, whose node key is `key`, using `relay`.
+    pub fn new(
+        dev: &Arc<Device>,
+        relay: Arc<RelayLinks>,
+        key: StaticSecret,
+        timing: Timing,
+    ) -> Arc<PathManager> {
+        Arc::new(PathManager {
+            dev: Arc::downgrade(dev),
+            relay,
+            paths: Mutex::new(Paths::new(timing)),
+            key: RwLock::new(key),
+            own_endpoints: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The relay connections.
+    pub fn relay(&self) -> &Arc<RelayLinks> {
+        &self.relay
+    }
+
+    /// Uses a new node key (rotation).
+    pub fn set_key(&self, key: StaticSecret) {
+        *self.key.write().expect("disco key lock") = key.clone();
+        self.relay.set_key(key);
+    }
+
+    /// The addresses we offer peers in call-me-maybe messages.
+    pub fn set_own_endpoints(&self, endpoints: Vec<SocketAddr>) {
+        *lock(&self.own_endpoints) = endpoints;
+    }
+
+    /// Takes the netmap's peers (key, home relay region, endpoints) and re-applies the paths
+    /// in use (a netmap resets endpoints).
+    pub fn sync(&self, peers: &[(Key, Option<u32>, Vec<SocketAddr>)]) {
+        let mut paths = lock(&self.paths);
+        paths.sync(peers);
+        for (k, _, _) in peers {
+            if let Some(v) = paths.view(k) {
+                self.set_path(k, v.path);
+            }
+        }
+    }
+
+    /// Whether `peer`'s endpoint is chosen here (then WireGuard roaming must not move it).
+    pub fn manages(&self, peer: &Key) -> bool {
+        lock(&self.paths).knows(peer)
+    }
+
+    /// The path in use for `peer`.
+    pub fn view(&self, peer: &Key) -> Option<PathView> {
+        lock(&self.paths).view(peer)
+    }
+
+    /// Runs the decisions every 100 ms until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let relay = self.relay.clone();
+            let actions = lock(&self.paths).tick(Instant::now(), &|r| relay.connected(r));
+            for a in actions {
+                self.act(a).await;
+            }
+        }
+    }
+
+    async fn act(&self, action: Action) {
+        match action {
+            Action::SetPath { peer, path } => self.set_path(&peer, path),
+            Action::Ping { peer, to, tx } => {
+                self.send_udp(&peer, to, &Message::Ping { tx }).await;
+            }
+            Action::CallMeMaybe { peer, region } => {
+                let endpoints = lock(&self.own_endpoints).clone();
+                self.send_relay(&peer, region, &Message::CallMeMaybe { endpoints });
+            }
+        }
+    }
+
+    fn set_path(&self, peer: &Key, path: Path) {
+        let Some(dev) = self.dev.upgrade() else {
+            return;
+        };
+        let Some(p) = dev.state().peers.get(peer).cloned() else {
+            return;
+        };
+        let endpoint = match path {
+            Path::None => None,
+            Path::Direct(a) => Some(a),
+            Path::Relay(r) => relay_addr(r),
+        };
+        let mut s = lock(&p.settings);
+        if s.endpoint != endpoint {
+            log::info!(
+                "peer {}: path now {}",
+                peer.short(),
+                match path {
+                    Path::None => "none".to_string(),
+                    Path::Direct(a) => format!("direct {a}"),
+                    Path::Relay(r) => format!("relay region {r}"),
+                }
+            );
+            s.endpoint = endpoint;
+        }
+    }
+
+    fn seal(&self, peer: &Key, msg: &Message) -> Option<Vec<u8>> {
+        let key = self.key.read().expect("disco key lock");
+        disco::seal(&key, peer.as_bytes(), msg).ok()
+    }
+
+    async fn send_udp(&self, peer: &Key, to: SocketAddr, msg: &Message) {
+        let (Some(dev), Some(bytes)) = (self.dev.upgrade(), self.seal(peer, msg)) else {
+            return;
+        };
+        if let Err(e) = dev.socket.send_to(&bytes, to).await {
+            log::debug!("disco to {to}: {e}");
+        }
+    }
+
+    fn send_relay(&self, peer: &Key, region: u32, msg: &Message) {
+        if let Some(bytes) = self.seal(peer, msg) {
+            self.relay.send(region, *peer.as_bytes(), &bytes);
+        }
+    }
+
+    /// Handles a discovery message from `from`; junk and messages from unknown peers are
+    /// ignored (counted by the caller as a drop).
+    pub async fn handle(&self, from: Source, datagram: &[u8]) -> bool {
+        let opened = {
+            let key = self.key.read().expect("disco key lock");
+            disco::open(&key, datagram)
+        };
+        let Ok((sender, msg)) = opened else {
+            return false;
+        };
+        let peer = Key::from_bytes(sender);
+        if !self.manages(&peer) {
+            return false;
+        }
+        let now = Instant::now();
+        match msg {
+            Message::Ping { tx } => {
+                let pong = |observed| Message::Pong { tx, observed };
+                match from {
+                    Source::Udp(addr) => self.send_udp(&peer, addr, &pong(addr)).await,
+                    Source::Relay(region) => {
+                        if let Some(a) = relay_addr(region) {
+                            self.send_relay(&peer, region, &pong(a));
+                        }
+                    }
+                }
+            }
+            Message::Pong { tx, .. } => {
+                if let Source::Udp(addr) = from {
+                    let action = lock(&self.paths).on_pong(&peer, &tx, addr, now);
+                    if let Some(a) = action {
+                        self.act(a).await;
+                    }
+                }
+            }
+            Message::CallMeMaybe { endpoints } => {
+                let actions = lock(&self.paths).on_call_me_maybe(&peer, &endpoints, now);
+                for a in actions {
+                    self.act(a).await;
+                }
+            }
+        }
+        true
+    }
+}
