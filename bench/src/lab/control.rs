@@ -42,6 +42,7 @@ pub struct ControlServer {
     host: Host,
     bin: PathBuf,
     state: PathBuf,
+    extra: Vec<String>,
     /// Its login URL (`tg://…`).
     pub url: String,
 }
@@ -49,25 +50,38 @@ pub struct ControlServer {
 impl ControlServer {
     /// Starts the server with short keepalive and offline grace (lab timing).
     pub fn start(lab: &Lab, bin: &Path, dir: &TempDir) -> Result<ControlServer> {
+        Self::start_with(lab, bin, dir, &[])
+    }
+
+    /// [`ControlServer::start`] with more `tailgate control serve` arguments.
+    pub fn start_with(
+        lab: &Lab,
+        bin: &Path,
+        dir: &TempDir,
+        extra: &[&str],
+    ) -> Result<ControlServer> {
         let host = lab.host(SERVER_INDEX)?;
         let state = dir.0.join("server");
-        let (process, url) = Self::spawn(&host, bin, &state)?;
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (process, url) = Self::spawn(&host, bin, &state, &extra)?;
         Ok(ControlServer {
             process,
             host,
             bin: bin.to_path_buf(),
             state,
+            extra,
             url,
         })
     }
 
-    fn spawn(host: &Host, bin: &Path, state: &Path) -> Result<(Process, String)> {
+    fn spawn(host: &Host, bin: &Path, state: &Path, extra: &[String]) -> Result<(Process, String)> {
         let listen = format!("{}:7443", host.underlay_v4());
         let mut cmd = host.ns.command(bin.to_str().context("binary path")?);
         cmd.args(["control", "--state-dir"])
             .arg(state)
             .args(["serve", "--listen", &listen, "--public-addr", &listen])
             .args(["--offline-grace", "1s", "--keepalive", "1s"])
+            .args(extra)
             .env("RUST_LOG", "info");
         let mut process = Process::spawn("tgctl", cmd)?;
         let url = wait_for("the control server's login URL", SETTLE, || {
@@ -87,7 +101,7 @@ impl ControlServer {
             self.process.signal(libc::SIGKILL);
         }
         self.process.stop()?;
-        let (process, url) = Self::spawn(&self.host, &self.bin, &self.state)?;
+        let (process, url) = Self::spawn(&self.host, &self.bin, &self.state, &self.extra)?;
         if url != self.url {
             bail!(
                 "the login URL changed across a restart: {} → {url}",

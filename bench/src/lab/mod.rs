@@ -11,6 +11,7 @@ pub mod netns;
 pub mod node;
 pub mod process;
 pub mod proxy_client;
+pub mod relay;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;

@@ -92,9 +92,39 @@ pub struct RelayRegion {
 /// The relay map nodes get in their netmap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayMap {
-    /// Regions by ID.
-    #[serde(rename = "Regions", default)]
+    /// Regions by ID (JSON object keys are the IDs as strings).
+    #[serde(rename = "Regions", default, with = "string_keys")]
     pub regions: BTreeMap<u32, RelayRegion>,
+}
+
+/// Region maps keyed by ID in Rust and by the ID's decimal string in JSON, also through
+/// `serde_json::Value` (which does not turn string keys into numbers).
+mod string_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use super::RelayRegion;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<u32, RelayRegion>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u32, RelayRegion>, D::Error> {
+        BTreeMap::<String, RelayRegion>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse::<u32>()
+                    .map(|id| (id, v))
+                    .map_err(|_| D::Error::custom(format!("region key {k:?} is not a number")))
+            })
+            .collect()
+    }
 }
 
 /// A policy file's `derpMap`: regions to add or replace, `null` to remove.
@@ -297,9 +327,11 @@ mod tests {
         assert_eq!(o.host, "derp.example.com");
         assert_eq!(o.addr, "192.0.2.1:443".parse().unwrap());
         assert_eq!(o.tls, Some(Verification::WebPki));
-        // Round trip keeps Tailscale's field names.
+        // Round trip keeps Tailscale's field names, also through a JSON value.
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains("\"RegionID\":900") && json.contains("\"HostName\""));
+        let value = serde_json::to_value(&m).unwrap();
+        assert_eq!(serde_json::from_value::<RelayMap>(value).unwrap(), m);
     }
 
     #[test]
