@@ -573,7 +573,41 @@ impl ApiContext {
                 Ok(a) => Response::DnsAnswer(Box::new(a)),
                 Err(e) => Response::Error(e),
             },
+            Request::Ping { peer } => match self.ping(&peer).await {
+                Ok(p) => Response::Pong(Box::new(p)),
+                Err(e) => Response::Error(e),
+            },
         }
+    }
+
+    /// One discovery ping to `spec` (see [`Request::Ping`]).
+    async fn ping(&self, spec: &str) -> Result<crate::api::PongInfo, String> {
+        let Some(paths) = self.dev.paths.get().cloned() else {
+            return Err(
+                "tailgate ping needs control mode with a relay map (the coordination \
+                        server's --derp-map); use ping(8) for ICMP through the tunnel"
+                    .into(),
+            );
+        };
+        let (key, name, ip) = {
+            let st = self.dev.state();
+            let p = st.resolve_peer(spec)?;
+            let s = crate::device::lock(&p.settings);
+            let ip = s.tailnet_v4().map(|a| a.to_string()).unwrap_or_default();
+            (
+                p.public_key,
+                s.name.clone().unwrap_or_else(|| p.public_key.short()),
+                ip,
+            )
+        };
+        let (via, rtt) = paths.ping(&key, std::time::Duration::from_secs(2)).await?;
+        Ok(crate::api::PongInfo {
+            name,
+            ip,
+            direct: !matches!(via, crate::traversal::paths::Path::Relay(_)),
+            via: via.to_string(),
+            rtt_ms: rtt.as_secs_f64() * 1e3,
+        })
     }
 }
 

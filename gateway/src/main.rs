@@ -115,6 +115,9 @@ enum Command {
     /// Exit nodes offered by peers.
     #[command(subcommand)]
     ExitNode(tailgate::cli::routing::ExitNodeCommand),
+    /// Ping a peer with discovery messages and show the path each answer took (direct
+    /// IP:PORT or a relay region); by default until a direct path answers.
+    Ping(tailgate::cli::ping::PingArgs),
     /// MagicDNS: the resolver's state, and queries answered by it.
     #[command(subcommand)]
     Dns(tailgate::cli::dns::DnsCommand),
@@ -230,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Debug(cmd) => tailgate::cli::routing::debug(cmd),
         Command::Dns(cmd) => runtime()?.block_on(tailgate::cli::dns::run(&cli.socket, cmd)),
+        Command::Ping(args) => runtime()?.block_on(tailgate::cli::ping::run(&cli.socket, args)),
         Command::Genkey => {
             println!("{}", Key::generate_private().to_base64());
             Ok(())

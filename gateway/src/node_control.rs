@@ -29,7 +29,7 @@ use crate::liveness::{ProbeTiming, Prober};
 use crate::netcfg::{InstalledRoutes, Netlink};
 use crate::prefs::RoutingPrefs;
 use crate::traversal::manager::PathManager;
-use crate::traversal::paths::{Path, Timing};
+use crate::traversal::paths::Timing;
 use crate::traversal::relay::{relay_addr, RelayLinks};
 use crate::uapi::SetRequest;
 use crate::wg::Key;
@@ -437,11 +437,7 @@ impl ControlMode {
                 (self.parts.dev.paths.get(), Key::from_base64(&p.public_key))
             {
                 if let Some(view) = paths.view(&key) {
-                    p.path = Some(match view.path {
-                        Path::None => "none".to_string(),
-                        Path::Direct(a) => format!("direct {a}"),
-                        Path::Relay(r) => format!("relay {r}"),
-                    });
+                    p.path = Some(view.path.to_string());
                     p.direct_rtt_ms = view.latency.map(|d| d.as_secs_f64() * 1e3);
                 }
             }

@@ -101,9 +101,30 @@ fn peers_start_on_the_relay_go_direct_and_fall_back_within_two_seconds() {
     assert_eq!(st["relays"][0]["connected"], true, "{st}");
     assert_eq!(path_of(&a), format!("relay {LAB_REGION}"), "{st}");
 
-    // UDP allowed: both move to the direct path (the XDP program passes the discovery
-    // messages: they are counted).
+    // `tailgate ping` shows the relay; --until-direct (the default) fails while UDP is
+    // blocked.
+    let out = a
+        .cli(&["ping", "--until-direct=false", "-c", "2", "bravo"])
+        .expect("ping over the relay");
+    assert_eq!(
+        out.matches(&format!("via relay {LAB_REGION} in")).count(),
+        2,
+        "{out}"
+    );
+    let e = a.cli(&["ping", "-c", "3", "bravo"]).unwrap_err();
+    assert!(e.contains("direct connection not established"), "{e}");
+
+    // UDP allowed: `tailgate ping` ends with a direct pong, and both move to the direct path
+    // (the XDP program passes the discovery messages: they are counted).
     drop(blocked);
+    let out = a
+        .cli(&["ping", "-c", "20", "bravo"])
+        .expect("ping until direct");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("pong from bravo") && last.contains(":51820 in "),
+        "{out}"
+    );
     wait_path(&a, "direct ", Duration::from_secs(10));
     wait_path(&b, "direct ", Duration::from_secs(10));
     let direct = path_of(&a);

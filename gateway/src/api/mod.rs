@@ -48,6 +48,26 @@ pub enum Request {
         /// The record type (`A`, `AAAA`, `PTR`, …).
         rtype: String,
     },
+    /// One discovery ping to a peer over its current path (`tailgate ping`).
+    Ping {
+        /// The peer's name, tailnet address or public key.
+        peer: String,
+    },
+}
+
+/// The answer to one `tailgate ping`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PongInfo {
+    /// The peer's name.
+    pub name: String,
+    /// Its tailnet address.
+    pub ip: String,
+    /// The path the pong came over: `direct IP:PORT` or `relay REGION`.
+    pub via: String,
+    /// Whether that path is direct.
+    pub direct: bool,
+    /// Round-trip time, milliseconds.
+    pub rtt_ms: f64,
 }
 
 /// What `tailgate dns status` shows.
@@ -132,6 +152,8 @@ pub enum Response {
     DnsStatus(Box<DnsStatus>),
     /// The resolver's answer.
     DnsAnswer(Box<crate::dns::query::QueryAnswer>),
+    /// A pong.
+    Pong(Box<PongInfo>),
     /// The request failed.
     Error(String),
 }

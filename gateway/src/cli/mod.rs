@@ -2,4 +2,5 @@
 //! arguments and delegates here).
 
 pub mod dns;
+pub mod ping;
 pub mod routing;

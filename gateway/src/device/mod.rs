@@ -171,20 +171,29 @@ impl DeviceState {
         self.routes = routes;
     }
 
-    /// Finds the peer `spec` names (its name, or one of its tailnet addresses) and checks it
-    /// offers exit-node service.
-    pub fn resolve_exit_node(&self, spec: &str) -> Result<Key, String> {
+    /// Finds the peer `spec` names: its name, one of its tailnet addresses, or its public key.
+    pub fn resolve_peer(&self, spec: &str) -> Result<&Arc<Peer>, String> {
         let ip: Option<std::net::IpAddr> = spec.parse().ok();
-        let found = self.peers.values().find(|p| {
-            let s = lock(&p.settings);
-            s.name.as_deref() == Some(spec)
-                || ip.is_some_and(|ip| {
-                    s.allowed_ips
-                        .iter()
-                        .any(|n| n.contains(&ip) && n.addr() == ip)
-                })
-        });
-        let peer = found.ok_or_else(|| format!("no peer named or addressed {spec:?}"))?;
+        let key = Key::from_base64(spec).ok();
+        self.peers
+            .values()
+            .find(|p| {
+                let s = lock(&p.settings);
+                s.name.as_deref() == Some(spec)
+                    || key.is_some_and(|k| k == p.public_key)
+                    || ip.is_some_and(|ip| {
+                        s.allowed_ips
+                            .iter()
+                            .any(|n| n.contains(&ip) && n.addr() == ip)
+                    })
+            })
+            .ok_or_else(|| format!("no peer named or addressed {spec:?}"))
+    }
+
+    /// Finds the peer `spec` names (see [`DeviceState::resolve_peer`]) and checks it offers
+    /// exit-node service.
+    pub fn resolve_exit_node(&self, spec: &str) -> Result<Key, String> {
+        let peer = self.resolve_peer(spec)?;
         if !lock(&peer.settings).offers_exit {
             return Err(format!("peer {spec:?} does not offer exit-node service"));
         }

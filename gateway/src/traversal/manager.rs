@@ -2,13 +2,16 @@
 //! call-me-maybe messages through the relay, answers the peers' pings, and points each peer's
 //! WireGuard endpoint at the path chosen for it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use x25519_dalek::StaticSecret;
 
-use super::disco::{self, Message};
+use tokio::sync::oneshot;
+
+use super::disco::{self, Message, TxId};
 use super::paths::{Action, Path, PathView, Paths, Timing};
 use super::relay::{relay_addr, RelayLinks};
 use crate::device::{lock, Device};
@@ -33,6 +36,8 @@ pub struct PathManager {
     paths: Mutex<Paths>,
     key: RwLock<StaticSecret>,
     own_endpoints: Mutex<Vec<SocketAddr>>,
+    /// `tailgate ping` requests waiting for their pong, by ping id.
+    waiters: Mutex<HashMap<TxId, oneshot::Sender<(Source, Instant)>>>,
 }
 
 impl PathManager {
@@ -49,6 +54,7 @@ impl PathManager {
             paths: Mutex::new(Paths::new(timing)),
             key: RwLock::new(key),
             own_endpoints: Mutex::new(Vec::new()),
+            waiters: Mutex::new(HashMap::new()),
         })
     }
 
@@ -131,15 +137,7 @@ impl PathManager {
         };
         let mut s = lock(&p.settings);
         if s.endpoint != endpoint {
-            log::info!(
-                "peer {}: path now {}",
-                peer.short(),
-                match path {
-                    Path::None => "none".to_string(),
-                    Path::Direct(a) => format!("direct {a}"),
-                    Path::Relay(r) => format!("relay region {r}"),
-                }
-            );
+            log::info!("peer {}: path now {path}", peer.short());
             s.endpoint = endpoint;
         }
     }
@@ -162,6 +160,70 @@ impl PathManager {
         if let Some(bytes) = self.seal(peer, msg) {
             self.relay.send(region, *peer.as_bytes(), &bytes);
         }
+    }
+
+    /// Pings `peer` once over its current path and waits up to `timeout` for the pong; while
+    /// the path is the relay, its direct candidates are probed too (so that repeated pings
+    /// find a direct path). Returns the path the pong came over and the round-trip time.
+    pub async fn ping(&self, peer: &Key, timeout: Duration) -> Result<(Path, Duration), String> {
+        let now = Instant::now();
+        let (view, targets) = {
+            let p = lock(&self.paths);
+            (p.view(peer), p.targets(peer))
+        };
+        let (Some(view), Some((region, candidates))) = (view, targets) else {
+            return Err(format!("peer {} is not in the netmap", peer.short()));
+        };
+        let (tx, waiter) = match view.path {
+            Path::Direct(to) => {
+                let tx = lock(&self.paths)
+                    .note_ping(peer, to, now)
+                    .ok_or("peer left the netmap")?;
+                let waiter = self.wait_for(tx);
+                self.send_udp(peer, to, &Message::Ping { tx }).await;
+                (tx, waiter)
+            }
+            Path::Relay(r) => {
+                let tx = disco::new_tx();
+                let waiter = self.wait_for(tx);
+                self.send_relay(peer, r, &Message::Ping { tx });
+                for to in candidates {
+                    let probe = lock(&self.paths).note_ping(peer, to, now);
+                    if let Some(probe) = probe {
+                        self.send_udp(peer, to, &Message::Ping { tx: probe }).await;
+                    }
+                }
+                if region.is_some() {
+                    let endpoints = lock(&self.own_endpoints).clone();
+                    self.send_relay(peer, r, &Message::CallMeMaybe { endpoints });
+                }
+                (tx, waiter)
+            }
+            Path::None => return Err(format!("no path to peer {} yet", peer.short())),
+        };
+        let answer = tokio::time::timeout(timeout, waiter).await;
+        lock(&self.waiters).remove(&tx);
+        match answer {
+            Ok(Ok((from, at))) => {
+                let rtt = at.saturating_duration_since(now);
+                Ok(match from {
+                    Source::Udp(a) => (Path::Direct(a), rtt),
+                    Source::Relay(r) => (Path::Relay(r), rtt),
+                })
+            }
+            _ => Err(format!("no pong within {timeout:?}")),
+        }
+    }
+
+    fn wait_for(&self, tx: TxId) -> oneshot::Receiver<(Source, Instant)> {
+        let (send, recv) = oneshot::channel();
+        let mut waiters = lock(&self.waiters);
+        // Abandoned waiters (a client that went away) are not kept forever.
+        if waiters.len() > 1024 {
+            waiters.clear();
+        }
+        waiters.insert(tx, send);
+        recv
     }
 
     /// Handles a discovery message from `from`; junk and messages from unknown peers are
@@ -192,6 +254,9 @@ impl PathManager {
                 }
             }
             Message::Pong { tx, .. } => {
+                if let Some(w) = lock(&self.waiters).remove(&tx) {
+                    let _ = w.send((from, now));
+                }
                 if let Source::Udp(addr) = from {
                     let action = lock(&self.paths).on_pong(&peer, &tx, addr, now);
                     if let Some(a) = action {

@@ -54,6 +54,16 @@ pub enum Path {
     Relay(u32),
 }
 
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::None => write!(f, "none"),
+            Path::Direct(a) => write!(f, "direct {a}"),
+            Path::Relay(r) => write!(f, "relay {r}"),
+        }
+    }
+}
+
 /// What the manager must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -288,6 +298,20 @@ impl Paths {
             p.current = path;
             Action::SetPath { peer: *peer, path }
         })
+    }
+
+    /// Records a ping sent outside [`Paths::tick`] (`tailgate ping`), so that its pong, if it
+    /// comes over UDP, also confirms the direct path; returns the ping's id.
+    pub fn note_ping(&mut self, peer: &Key, to: SocketAddr, now: Instant) -> Option<TxId> {
+        let p = self.peers.get_mut(peer)?;
+        let tx = super::disco::new_tx();
+        p.pings.insert(tx, (to, now));
+        Some(tx)
+    }
+
+    /// The peer's relay region and its direct candidates (for a ping that also probes).
+    pub fn targets(&self, peer: &Key) -> Option<(Option<u32>, Vec<SocketAddr>)> {
+        self.peers.get(peer).map(|p| (p.region, p.candidates()))
     }
 
     /// The peer offered its endpoints (call-me-maybe): remember them and ping them now.
