@@ -7,5 +7,6 @@ pub mod dns_bench;
 pub mod forward_bench;
 pub mod lab;
 pub mod relay_bench;
+pub mod stun_bench;
 pub mod transfer;
 pub mod tunnel_bench;

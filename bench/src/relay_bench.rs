@@ -184,6 +184,8 @@ fn start_relay(
         &format!("127.0.0.1:{port}"),
         "--hostname",
         "relay.bench",
+        "--stun-port",
+        "0",
         "--state-dir",
     ])
     .arg(&state.0);

@@ -7,7 +7,9 @@
 //! both sides agree on the layout regardless of host endianness.
 
 pub mod forward;
+pub mod stun;
 pub mod wan;
 
 pub use forward::{LanCounter, TunCounter};
+pub use stun::{StunConfig, StunCounter};
 pub use wan::{classify_wg_payload, WanConfig, WanCounter};

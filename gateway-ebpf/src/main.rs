@@ -6,6 +6,7 @@
 mod fwd;
 mod helpers;
 mod lan_return;
+mod stun;
 mod tun_forward;
 mod wan_ingress;
 

@@ -138,6 +138,11 @@ enum Command {
     /// ones (TG_LOGIN_SERVER, TG_TUN, TG_PORT), writes the daemon's config into the state
     /// directory, starts the daemon and brings the node up. See docs/container.md.
     Containerboot,
+    /// Run once as root on a NAS whose package runs the daemon as an unprivileged user
+    /// (Synology DSM 7): grant the binary CAP_NET_ADMIN, CAP_NET_RAW, CAP_NET_BIND_SERVICE,
+    /// CAP_BPF and CAP_PERFMON as file capabilities, make /dev/net/tun usable and turn on IP
+    /// forwarding. `--check` only reports whether a kernel TUN can be used.
+    ConfigureHost(tailgate::configure_host::ConfigureHostArgs),
 }
 
 fn main() -> ExitCode {
@@ -241,6 +246,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Control(args) => tailgate::control::cli::run(args),
         Command::Derp(args) => tailgate::derp::cli::run(args),
         Command::Containerboot => tailgate::containerboot::run(),
+        Command::ConfigureHost(args) => {
+            if !tailgate::configure_host::run(&args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Pubkey => {
             let mut input = String::new();
             std::io::stdin()

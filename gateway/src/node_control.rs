@@ -41,7 +41,7 @@ const KEY_ROTATE_BEFORE: Duration = Duration::from_secs(14 * 24 * 3600);
 const KEY_CHECK: Duration = Duration::from_secs(3600);
 
 /// How often the reported endpoints are recomputed.
-const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
+const ENDPOINT_REFRESH: Duration = Duration::from_secs(2);
 
 /// What control mode needs from the daemon.
 #[derive(Clone)]
@@ -609,6 +609,7 @@ async fn pump(
                 if let Some(paths) = mode.parts.dev.paths.get() {
                     let port = mode.parts.dev.state().listen_port;
                     paths.set_own_endpoints(local_endpoints(&login_server, port, &mode.parts.dev.name));
+                    handle.set_endpoints(paths.endpoints());
                     handle.set_relay_region(paths.relay().home());
                 }
             }
@@ -653,9 +654,10 @@ async fn pump(
             }
             _ = refresh.tick() => {
                 let st = mode.parts.dev.state().listen_port;
-                let endpoints = local_endpoints(&login_server, st, &mode.parts.dev.name);
+                let mut endpoints = local_endpoints(&login_server, st, &mode.parts.dev.name);
                 if let Some(paths) = mode.parts.dev.paths.get() {
-                    paths.set_own_endpoints(endpoints.clone());
+                    paths.set_own_endpoints(endpoints);
+                    endpoints = paths.endpoints();
                     handle.set_relay_region(paths.relay().home());
                 }
                 handle.set_endpoints(endpoints);

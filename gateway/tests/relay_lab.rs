@@ -1,4 +1,5 @@
-//! Relay and direct paths between control-mode nodes, in network namespaces: `tailgate derp
+//! Relay and direct paths between control-mode nodes, in network namespaces (also behind NAT
+//! boxes made with nftables masquerade): `tailgate derp
 //! serve` and `tailgate control serve --derp-map` in lab hosts, two nodes (with their XDP
 //! `wan_ingress`, which must let discovery messages through). The nodes start over the relay
 //! while UDP between them is blocked, go direct when it is allowed, keep talking when the relay
@@ -10,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tailgate_bench::lab::control::{longest_gap, ping_around, ControlServer, CtlNode, TempDir};
+use tailgate_bench::lab::nat::{put_behind_nat, NatBox, NatKind};
 use tailgate_bench::lab::relay::{RelayServer, LAB_REGION};
 use tailgate_bench::lab::{self, wait_for, Lab, Netns};
 
@@ -168,4 +170,77 @@ fn peers_start_on_the_relay_go_direct_and_fall_back_within_two_seconds() {
     assert!(run.replies_after() > 200, "{run:?}");
     assert_eq!(path_of(&a), format!("relay {LAB_REGION}"));
     drop(guard);
+}
+
+/// Two nodes, each behind its own NAT box of the given kinds, with a relay and a control
+/// server on the underlay ("the internet").
+struct NatLab {
+    a: CtlNode,
+    b: CtlNode,
+    _nats: (NatBox, NatBox),
+    _server: ControlServer,
+    _relay: RelayServer,
+    _dir: TempDir,
+    lab: Lab,
+}
+
+fn nat_lab(kind_a: NatKind, kind_b: NatKind) -> NatLab {
+    assert!(lab::is_root(), "network-namespace tests need root");
+    let lab = Lab::new().expect("lab");
+    let dir = TempDir::new("tgnat").unwrap();
+    let relay = RelayServer::start(&lab, bin(), 101).expect("relay");
+    let map = relay.write_derp_map().unwrap();
+    let server =
+        ControlServer::start_with(&lab, bin(), &dir, &["--derp-map", map.to_str().unwrap()])
+            .expect("control server");
+    let a = CtlNode::start(&lab, bin(), 1, "").expect("node a");
+    let b = CtlNode::start(&lab, bin(), 2, "").expect("node b");
+    let nat_a = put_behind_nat(&lab, &a.host.ns, 11, kind_a).expect("NAT a");
+    let nat_b = put_behind_nat(&lab, &b.host.ns, 12, kind_b).expect("NAT b");
+    let key = server.authkey(&["--reusable"]).unwrap();
+    a.up(&server, &key, &["--hostname", "alpha"]).expect("up a");
+    b.up(&server, &key, &["--hostname", "bravo"]).expect("up b");
+    NatLab {
+        a,
+        b,
+        _nats: (nat_a, nat_b),
+        _server: server,
+        _relay: relay,
+        _dir: dir,
+        lab,
+    }
+}
+
+#[test]
+fn nodes_behind_endpoint_independent_nats_find_a_direct_path_with_stun() {
+    let mut l = nat_lab(NatKind::EndpointIndependent, NatKind::EndpointIndependent);
+    l.a.wait_peers(1).unwrap();
+    l.b.wait_peers(1).unwrap();
+    let b_ip = l.b.tailnet_v4().unwrap();
+    l.a.wait_ping(&b_ip).expect("ping through the tunnel");
+    // Each learns its public address from the relay's STUN server and reports it; the
+    // peers punch through both NATs and go direct to b's NAT (lab host 12).
+    let out =
+        l.a.cli(&["ping", "-c", "40", "bravo"])
+            .expect("ping until direct");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.contains("via 10.99.0.12:"), "{out}");
+    wait_path(&l.a, "direct 10.99.0.12:", Duration::from_secs(10));
+    wait_path(&l.b, "direct 10.99.0.11:", Duration::from_secs(10));
+    l.a.wait_ping(&b_ip).expect("ping over the direct path");
+    let _ = &l.lab;
+}
+
+#[test]
+fn a_node_behind_a_symmetric_nat_stays_on_the_relay() {
+    let mut l = nat_lab(NatKind::Symmetric, NatKind::EndpointIndependent);
+    l.a.wait_peers(1).unwrap();
+    l.b.wait_peers(1).unwrap();
+    let b_ip = l.b.tailnet_v4().unwrap();
+    l.a.wait_ping(&b_ip).expect("ping through the relay");
+    let e = l.a.cli(&["ping", "-c", "8", "bravo"]).unwrap_err();
+    assert!(e.contains("direct connection not established"), "{e}");
+    assert_eq!(path_of(&l.a), format!("relay {LAB_REGION}"));
+    l.a.wait_ping(&b_ip)
+        .expect("still pinging through the relay");
 }

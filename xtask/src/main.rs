@@ -24,6 +24,16 @@
 //! - `package deb`: setup + build + the Debian package in `target/deb/` (docs/packaging.md)
 //! - `package oci`: setup + build + the container image `target/oci/tailgate-oci.tar`
 //!   (docs/container.md)
+//! - `package spk`: setup + build + the Synology DSM 7 package
+//!   `target/spk/tailgate-x86_64-<version>.spk` (docs/synology.md)
+//! - `package qpkg`: setup + build + the QNAP QTS package
+//!   `target/qpkg/tailgate_<version>_x86_64.qpkg` (docs/qnap.md)
+//! - `package image`: setup + build + the bootable appliance disk image
+//!   `target/image/tailgate-appliance.img` (and `.qcow2`) (docs/appliance-image.md)
+//! - `package cloud-init --deb-url URL --login-server URL --auth-key KEY --routes CIDRS`:
+//!   `#cloud-config` user data in `target/cloud-init/` (docs/cloud-init.md)
+//! - `package k8s --routes CIDRS [--image IMAGE] [--auth-key KEY --login-server URL]`:
+//!   Kubernetes manifests in `target/k8s/` (docs/kubernetes.md)
 
 mod ebpf;
 mod package;
@@ -76,6 +86,19 @@ enum PackageFormat {
     Deb,
     /// A container image (OCI archive, also docker-loadable) with the package installed.
     Oci,
+    /// A Synology DSM 7 package (.spk): runs as a package user, with an install wizard for the
+    /// login server and auth key.
+    Spk,
+    /// A QNAP QTS package (.qpkg), in QDK's self-extracting format, built without QDK.
+    Qpkg,
+    /// A bootable appliance disk image (raw and qcow2): Debian, cloud-init, the package.
+    Image,
+    /// #cloud-config user data for cloud VMs (subnet router, exit node, HA pair) with your
+    /// package URL, login server, auth key and routes, in target/cloud-init/ (no build needed).
+    CloudInit(package::CloudInitArgs),
+    /// Kubernetes manifests (HA subnet-router pair, exit node, auth Secret) with your routes and
+    /// image, in target/k8s/ (no build needed).
+    K8s(package::K8sArgs),
 }
 
 #[derive(Subcommand)]
@@ -180,12 +203,25 @@ fn main() -> Result<()> {
             let bin = build(&root)?;
             lab_binary(&root, "tailgate-demo")?.arg(&bin).status_ok()
         }
+        // Rendering cloud-init files and Kubernetes manifests needs no tools and no build.
+        Task::Package {
+            format: PackageFormat::CloudInit(args),
+        } => package::render_cloud_init(&root, &args).map(drop),
+        Task::Package {
+            format: PackageFormat::K8s(args),
+        } => package::render_k8s(&root, &args).map(drop),
         Task::Package { format } => {
             setup::run()?;
             let bin = build(&root)?;
             match format {
                 PackageFormat::Deb => package::build(&root, &bin).map(drop),
                 PackageFormat::Oci => package::build_oci(&root, &bin).map(drop),
+                PackageFormat::Spk => package::build_spk(&root, &bin).map(drop),
+                PackageFormat::Qpkg => package::build_qpkg(&root, &bin).map(drop),
+                PackageFormat::Image => package::build_image(&root, &bin).map(drop),
+                PackageFormat::CloudInit(_) | PackageFormat::K8s(_) => {
+                    unreachable!("rendered above, without a build")
+                }
             }
         }
         Task::Bench { bench } => {

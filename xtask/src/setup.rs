@@ -42,6 +42,28 @@ const APT_PACKAGES: &[&str] = &[
     "umoci",
     "podman",
     "runc",
+    // The QNAP package's check: busybox is the shell and tool set of its QTS-like root.
+    "busybox",
+    // The appliance disk image (`cargo xtask package image`) and its check: GRUB for BIOS
+    // machines (grub-mkimage and its modules), qemu-img (qcow2), the NoCloud seed ISO and
+    // qemu to boot the image.
+    "grub-pc-bin",
+    "qemu-utils",
+    "genisoimage",
+    "qemu-system-x86",
+    // The cloud-init check (`cargo xtask test package_cloud_init`): Debian's cloud-init runs
+    // from an unpacked copy (see package::install_cloud_init), with these libraries it imports.
+    "python3-yaml",
+    "python3-jsonschema",
+    "python3-jinja2",
+    "python3-configobj",
+    "python3-requests",
+    "python3-jsonpatch",
+    "python3-netifaces",
+    "python3-oauthlib",
+    "python3-serial",
+    // The Kubernetes check: kubernetes-validate in a venv (package::install_kubernetes_validate).
+    "python3-venv",
 ];
 
 /// Tools installed with `cargo install`: (binary, crate, version, extra args, PATH prefix).
@@ -63,6 +85,8 @@ pub fn run() -> Result<()> {
         install_cargo_tool(bin, krate, version, extra, path_prefix)?;
     }
     mount_bpffs()?;
+    crate::package::install_cloud_init()?;
+    crate::package::install_kubernetes_validate()?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The relay benchmark: packets per second and throughput between two relay clients through
-//! `tailgate derp serve` (TLS, plain HTTP, a mesh of two servers) against direct UDP, in one
-//! run. Prints Markdown tables and writes them to a file.
+//! `tailgate derp serve` (TLS, plain HTTP, a mesh of two servers) against direct UDP, and STUN
+//! binding answers per second in XDP against the userspace server, in one run. Prints
+//! Markdown tables and writes them to a file.
 //!
 //! Usage: `tailgate-bench-relay [--quick] [--out PATH] PATH/TO/tailgate` (as root;
 //! `cargo xtask bench relay [--quick] [--out PATH]` builds tailgate and runs this).
@@ -8,6 +9,7 @@
 use anyhow::{bail, Context, Result};
 use tailgate_bench::args::BenchArgs;
 use tailgate_bench::relay_bench::{self, Durations};
+use tailgate_bench::stun_bench::{self, StunBenchOptions};
 use tailgate_bench::tunnel_bench;
 
 const USAGE: &str = "usage: tailgate-bench-relay [--quick] [--out PATH] PATH/TO/tailgate";
@@ -22,7 +24,13 @@ fn main() -> Result<()> {
         Durations::full()
     };
     tunnel_bench::install_interrupt_handler();
-    let report = relay_bench::run(&args.tailgate, durations, Vec::new())?;
+    println!("== STUN binding answers: XDP vs userspace");
+    let stun = stun_bench::run(if args.quick {
+        StunBenchOptions::quick()
+    } else {
+        StunBenchOptions::full()
+    })?;
+    let report = relay_bench::run(&args.tailgate, durations, vec![stun.markdown()])?;
     if tunnel_bench::interrupted() {
         bail!("interrupted: namespaces and processes removed, no report written");
     }

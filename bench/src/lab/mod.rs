@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod control;
+pub mod nat;
 pub mod netns;
 pub mod node;
 pub mod process;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -15,7 +16,9 @@ use super::map::RelayNode;
 use super::server::{Server, ServerOptions, DEFAULT_QUEUE_DEPTH};
 use super::tls::{self, ServerCert, Verification};
 use crate::atomic_file;
+use crate::stun::server::StunCounters;
 use crate::wg::Key;
+use crate::xdp::{AttachPreference, XdpStunResponder};
 
 /// Default state directory of a relay server (its key and self-signed certificate).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tailgate-derp";
@@ -82,6 +85,13 @@ pub struct ServeArgs {
     /// Burst each client may send above --rate-limit, bytes (at least 64 KiB is allowed).
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub rate_burst: u64,
+    /// UDP port of the STUN server beside the relay, on the --listen address (0: none).
+    #[arg(long, default_value_t = 3478, value_name = "PORT")]
+    pub stun_port: u16,
+    /// Answer STUN binding requests in XDP (`XDP_TX`) on this interface, before they reach
+    /// userspace; the userspace server answers what the program passes.
+    #[arg(long, value_name = "IFACE")]
+    pub stun_xdp: Option<String>,
     /// Serve Prometheus /metrics and /healthz on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -205,6 +215,28 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .with_context(|| format!("relay listener on {}", a.listen))?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.clone().serve(listener, acceptor));
+    let stun = Arc::new(StunCounters::default());
+    if a.stun_port != 0 {
+        let addr = SocketAddr::new(a.listen.ip(), a.stun_port);
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("STUN socket on {addr}"))?;
+        log::info!("STUN server on {addr}");
+        tasks.spawn(crate::stun::server::serve(socket, stun.clone()));
+    }
+    let stun_xdp = match (&a.stun_xdp, a.stun_port) {
+        (Some(_), 0) => bail!("--stun-xdp needs a STUN port (--stun-port is 0)"),
+        (Some(ifname), port) => {
+            let r = XdpStunResponder::attach(ifname, port, AttachPreference::Auto)
+                .map_err(|e| anyhow!("--stun-xdp {ifname}: {e}"))?;
+            log::info!(
+                "STUN answered in XDP on {ifname} ({} mode)",
+                r.attach_mode().unwrap_or("unknown")
+            );
+            Some(Arc::new(r))
+        }
+        (None, _) => None,
+    };
     for url in &a.mesh_with {
         let peer = mesh_peer(url).await?;
         let link = super::mesh::spawn_link(server.clone(), peer);
@@ -215,14 +247,20 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if let Some(addr) = a.metrics_listen {
         let listener = crate::metrics::bind(addr).await?;
         let server = server.clone();
+        let stun = stun.clone();
+        let stun_xdp = stun_xdp.clone();
         tasks.spawn(crate::metrics::serve_with(listener, move |path: String| {
-            let server = server.clone();
+            let (server, stun, stun_xdp) = (server.clone(), stun.clone(), stun_xdp.clone());
             async move {
+                let mut extra = stun.render();
+                if let Some(c) = stun_xdp.as_ref().and_then(|x| x.counters().ok()) {
+                    extra.push_str(&c.render());
+                }
                 match path.as_str() {
                     "/metrics" => (
                         200,
                         "text/plain; version=0.0.4",
-                        super::metrics::render(&server.snapshot(), ""),
+                        super::metrics::render(&server.snapshot(), &extra),
                     ),
                     "/healthz" => (200, "text/plain", "ok\n".to_string()),
                     _ => (
@@ -239,6 +277,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
         region_id: a.region_id,
         host_name: a.hostname.clone(),
         derp_port: a.listen.port(),
+        stun_port: match a.stun_port {
+            0 => -1,
+            p => i32::from(p),
+        },
         cert_sha256: fingerprint.clone(),
         public_key: Some(server.public_key().to_base64()),
         plain_http: a.plain_http,

@@ -359,6 +359,17 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let m = RelayMap::from_json(include_str!("../../../config/derp-map.json")).unwrap();
+        let nodes = &m.regions[&900].nodes;
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes[1]
+            .connect_options("192.0.2.20".parse().unwrap())
+            .expect_server_key
+            .is_some());
+    }
+
+    #[test]
     fn invalid_maps_are_refused_with_the_reason() {
         for (json, want) in [
             (r#"{"Regions": {"x": null}}"#, "not a number"),

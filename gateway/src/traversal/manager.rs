@@ -38,7 +38,25 @@ pub struct PathManager {
     own_endpoints: Mutex<Vec<SocketAddr>>,
     /// `tailgate ping` requests waiting for their pong, by ping id.
     waiters: Mutex<HashMap<TxId, oneshot::Sender<(Source, Instant)>>>,
+    stun: Mutex<StunProbe>,
 }
+
+/// Learning our public address with STUN from the WireGuard socket.
+#[derive(Debug)]
+struct StunProbe {
+    /// Requests sent and not answered yet.
+    pending: HashMap<crate::stun::codec::TxId, Instant>,
+    /// The address the home region's STUN server saw, and when.
+    public: Option<(SocketAddr, Instant)>,
+    /// When the next request is due.
+    next: Instant,
+}
+
+/// Between STUN requests once an answer came, and while none has.
+const STUN_EVERY: Duration = Duration::from_secs(20);
+const STUN_RETRY: Duration = Duration::from_secs(2);
+/// How long a STUN answer stays valid.
+const STUN_VALID: Duration = Duration::from_secs(65);
 
 impl PathManager {
     /// A manager for `dev`, whose node key is `key`, using `relay`.
@@ -55,6 +73,11 @@ impl PathManager {
             key: RwLock::new(key),
             own_endpoints: Mutex::new(Vec::new()),
             waiters: Mutex::new(HashMap::new()),
+            stun: Mutex::new(StunProbe {
+                pending: HashMap::new(),
+                public: None,
+                next: Instant::now(),
+            }),
         })
     }
 
@@ -69,9 +92,76 @@ impl PathManager {
         self.relay.set_key(key);
     }
 
-    /// The addresses we offer peers in call-me-maybe messages.
+    /// The addresses we offer peers in call-me-maybe messages (the public address STUN
+    /// found is added to them).
     pub fn set_own_endpoints(&self, endpoints: Vec<SocketAddr>) {
         *lock(&self.own_endpoints) = endpoints;
+    }
+
+    /// Our endpoints: the public address STUN found (while fresh) first, then the ones set
+    /// with [`PathManager::set_own_endpoints`].
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self.public_endpoint().into_iter().collect();
+        for e in lock(&self.own_endpoints).iter() {
+            if !out.contains(e) {
+                out.push(*e);
+            }
+        }
+        out
+    }
+
+    /// The public address the home region's STUN server saw, while fresh.
+    pub fn public_endpoint(&self) -> Option<SocketAddr> {
+        lock(&self.stun)
+            .public
+            .filter(|(_, at)| at.elapsed() < STUN_VALID)
+            .map(|(a, _)| a)
+    }
+
+    /// Sends a STUN binding request from the WireGuard socket when one is due.
+    async fn stun_tick(&self) {
+        let now = Instant::now();
+        {
+            let mut s = lock(&self.stun);
+            if now < s.next {
+                return;
+            }
+            s.next = now
+                + if s.public.is_some() {
+                    STUN_EVERY
+                } else {
+                    STUN_RETRY
+                };
+            s.pending
+                .retain(|_, sent| now.saturating_duration_since(*sent) < STUN_RETRY * 5);
+        }
+        let (Some(dev), Some(target)) = (self.dev.upgrade(), self.relay.stun_target().await) else {
+            return;
+        };
+        let tx: crate::stun::codec::TxId = disco::new_tx();
+        lock(&self.stun).pending.insert(tx, now);
+        let req = crate::stun::codec::binding_request(&tx);
+        if let Err(e) = dev.socket.send_to(&req, target).await {
+            log::debug!("STUN request to {target}: {e}");
+        }
+    }
+
+    /// A STUN answer arrived on the WireGuard socket; false (a drop for the caller to count)
+    /// if it answers nothing we asked.
+    pub fn handle_stun(&self, datagram: &[u8]) -> bool {
+        let Ok((tx, mapped)) = crate::stun::codec::parse_response(datagram) else {
+            return false;
+        };
+        let mut s = lock(&self.stun);
+        if s.pending.remove(&tx).is_none() {
+            return false;
+        }
+        let mapped = crate::io::udp::canonical(mapped);
+        if s.public.map(|(a, _)| a) != Some(mapped) {
+            log::info!("public endpoint (STUN): {mapped}");
+        }
+        s.public = Some((mapped, Instant::now()));
+        true
     }
 
     /// Takes the netmap's peers (key, home relay region, endpoints) and re-applies the paths
@@ -102,6 +192,7 @@ impl PathManager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.stun_tick().await;
             let relay = self.relay.clone();
             let actions = lock(&self.paths).tick(Instant::now(), &|r| relay.connected(r));
             for a in actions {
@@ -117,7 +208,7 @@ impl PathManager {
                 self.send_udp(&peer, to, &Message::Ping { tx }).await;
             }
             Action::CallMeMaybe { peer, region } => {
-                let endpoints = lock(&self.own_endpoints).clone();
+                let endpoints = self.endpoints();
                 self.send_relay(&peer, region, &Message::CallMeMaybe { endpoints });
             }
         }
@@ -194,7 +285,7 @@ impl PathManager {
                     }
                 }
                 if region.is_some() {
-                    let endpoints = lock(&self.own_endpoints).clone();
+                    let endpoints = self.endpoints();
                     self.send_relay(peer, r, &Message::CallMeMaybe { endpoints });
                 }
                 (tx, waiter)

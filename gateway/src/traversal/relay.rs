@@ -157,6 +157,27 @@ impl RelayLinks {
         }
     }
 
+    /// The STUN server of the home region (its first node with STUN), resolved.
+    pub async fn stun_target(&self) -> Option<SocketAddr> {
+        let home = self.home()?;
+        let node = {
+            let map = self.map.read().expect("map lock");
+            map.regions
+                .get(&home)?
+                .nodes
+                .iter()
+                .find(|n| n.stun_port().is_some())?
+                .clone()
+        };
+        let port = node.stun_port()?;
+        if let Some(ip) = node.fixed_addrs().into_iter().next() {
+            return Some(SocketAddr::new(ip, port));
+        }
+        let target = format!("{}:{port}", node.host_name);
+        let mut addrs = tokio::net::lookup_host(target.as_str()).await.ok()?;
+        addrs.next()
+    }
+
     /// Whether the region exists in the current map.
     pub fn knows(&self, region: u32) -> bool {
         self.map

@@ -17,9 +17,17 @@ pub const UAPI_DIR: &str = "/var/run/wireguard";
 /// Largest request accepted (a `setconf` with many peers fits easily).
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// Environment variable naming another directory for the sockets, for a daemon running as a
+/// user that cannot write [`UAPI_DIR`] (a NAS package); `wg` itself only looks in [`UAPI_DIR`].
+pub const UAPI_DIR_ENV: &str = "TAILGATE_WG_DIR";
+
 /// The socket path for interface `name`.
 pub fn socket_path(name: &str) -> PathBuf {
-    PathBuf::from(UAPI_DIR).join(format!("{name}.sock"))
+    let dir = std::env::var_os(UAPI_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(UAPI_DIR));
+    dir.join(format!("{name}.sock"))
 }
 
 /// Accepts `wg` clients until the task is dropped. After each successful `set`, the TUN

@@ -8,10 +8,13 @@
 //! - [`XdpWanIngress`]: `wan_ingress` on the endpoint-facing interface, which drops datagrams to
 //!   the tunnel's listen port that are not well-formed WireGuard messages and counts verdicts
 //!   ([`WanCounters`]).
+//! - [`XdpStunResponder`]: `stun_responder`, which answers STUN binding requests with `XDP_TX`
+//!   in front of the userspace STUN server ([`XdpStunCounters`]).
 
 mod counters;
 mod forward;
 mod forward_counters;
+pub mod stun;
 mod wan_ingress;
 
 use std::error::Error as StdError;
@@ -28,6 +31,7 @@ pub use forward::{
 pub use forward_counters::{ForwardCounters, LanReturnCounters, TunForwardCounters};
 pub use gateway_common::WanCounter;
 pub use gateway_common::{LanCounter, TunCounter};
+pub use stun::{XdpStunCounters, XdpStunResponder};
 pub use wan_ingress::{WanIngressOptions, XdpWanIngress};
 
 /// Message used when the binary does not carry the eBPF object.
@@ -122,6 +126,14 @@ pub enum XdpError {
         ifname: String,
         /// One "mode: error" entry per mode tried.
         errors: Vec<String>,
+    },
+    #[error("invalid XDP program configuration: {0}")]
+    InvalidConfig(String),
+    #[error("BPF_PROG_TEST_RUN of `{name}` failed: {source}")]
+    TestRun {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
     },
 }
 

@@ -75,6 +75,12 @@ pub async fn udp_to_tun(dev: Arc<Device>) -> io::Result<()> {
                     handle_disco(&dev, src, datagram).await;
                     continue;
                 }
+                if crate::stun::codec::is_binding_response(datagram) {
+                    if !dev.paths.get().is_some_and(|p| p.handle_stun(datagram)) {
+                        dev.counters.drop(DropReason::Malformed);
+                    }
+                    continue;
+                }
                 let Some((len, peer)) = handle_datagram(&dev, src, datagram, &mut plain, now).await
                 else {
                     continue;
