@@ -395,6 +395,10 @@ fn transmitted(out: &str) -> usize {
 }
 
 /// Pings `dst` from `ns` every 10 ms for `secs` seconds and runs `event` after 2 s.
+///
+/// The run is a count of pings (100 per second), not a deadline, so that ping waits (up to
+/// 1 s) for the replies still in flight when it sends its last request: a deadline would
+/// count those as lost.
 pub fn ping_around(
     ns: &Netns,
     dst: &str,
@@ -410,8 +414,8 @@ pub fn ping_around(
             "0.01",
             "-W",
             "1",
-            "-w",
-            &secs.to_string(),
+            "-c",
+            &(secs * 100).to_string(),
             dst,
         ])
         .stdout(Stdio::piped())
@@ -431,7 +435,7 @@ pub fn ping_around(
     std::thread::sleep(Duration::from_secs(2));
     let at = unix_now();
     let outcome = event();
-    let deadline = Instant::now() + Duration::from_secs(u64::from(secs) + 10);
+    let deadline = Instant::now() + Duration::from_secs(u64::from(secs) * 2 + 10);
     while ping.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
