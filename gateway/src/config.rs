@@ -326,6 +326,9 @@ struct RawInterface {
     exit_node: Option<String>,
     #[serde(default)]
     exit_node_allow_lan_access: bool,
+    #[serde(default)]
+    advertise_peer_relay: bool,
+    peer_relay_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -641,6 +644,10 @@ fn validate_routing(
         accept_routes: raw.accept_routes,
         exit_node: raw.exit_node.clone(),
         exit_node_allow_lan_access: raw.exit_node_allow_lan_access,
+        peer_relay_port: raw.advertise_peer_relay.then(|| {
+            raw.peer_relay_port
+                .unwrap_or(crate::peer_relay::DEFAULT_PORT)
+        }),
     };
     prefs.normalize().map_err(|p| err("interface", p))?;
     Ok(prefs)

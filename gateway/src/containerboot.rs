@@ -5,7 +5,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `TS_AUTHKEY` (`TS_AUTH_KEY`) | auth key for `up` | none (a registered state dir needs none) |
+//! | `TS_AUTHKEY` (`TS_AUTH_KEY`) | auth key for `up` | none (used only while the state dir holds no registration, or when coming up on it fails) |
 //! | `TS_HOSTNAME` | hostname to register | the container's |
 //! | `TS_STATE_DIR` | keys, registration, config | `/var/lib/tailgate` |
 //! | `TS_ROUTES` | subnet routes to advertise, comma separated | none |
@@ -352,7 +352,7 @@ pub fn run() -> Result<()> {
         .context("starting tailgate daemon")?;
     let pid = daemon.id() as libc::pid_t;
     forward_signals(pid);
-    let up = wait_and_up(&socket, &plan.up, &mut daemon);
+    let up = wait_and_up(&socket, &plan.up, registered(&plan.state_dir), &mut daemon);
     if let Err(e) = up {
         // SAFETY: kill(2) on the child we spawned and have not reaped.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -367,7 +367,23 @@ pub fn run() -> Result<()> {
     }
 }
 
-fn wait_and_up(socket: &Path, up: &UpRequest, daemon: &mut std::process::Child) -> Result<()> {
+/// Whether the state dir holds a registration (then `up` needs no auth key).
+fn registered(state_dir: &Path) -> bool {
+    crate::control::node_state::NodeState::load(state_dir)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.registration.is_some())
+}
+
+/// Waits for the daemon's socket and brings the node up. A node registered before comes up
+/// without the auth key, so that a pod restarted after its key expired keeps working; the key
+/// is sent only if that fails (e.g. the node was deleted at the server).
+fn wait_and_up(
+    socket: &Path,
+    up: &UpRequest,
+    registered: bool,
+    daemon: &mut std::process::Child,
+) -> Result<()> {
     let deadline = Instant::now() + DAEMON_START;
     while !socket.exists() {
         if let Some(status) = daemon.try_wait()? {
@@ -384,6 +400,22 @@ fn wait_and_up(socket: &Path, up: &UpRequest, daemon: &mut std::process::Child) 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if registered && up.auth_key.is_some() {
+        let keyless = UpRequest {
+            auth_key: None,
+            ..up.clone()
+        };
+        match send_up(&rt, socket, &keyless) {
+            Ok(()) => return Ok(()),
+            Err(e) => eprintln!(
+                "containerboot: up with the stored registration failed ({e:#}); trying the auth key"
+            ),
+        }
+    }
+    send_up(&rt, socket, up)
+}
+
+fn send_up(rt: &tokio::runtime::Runtime, socket: &Path, up: &UpRequest) -> Result<()> {
     match rt.block_on(api::request(socket, &Request::Up(Box::new(up.clone()))))? {
         Response::Up(r) => {
             println!(

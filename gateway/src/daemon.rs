@@ -523,6 +523,7 @@ impl ApiContext {
                 if let Some(c) = &self.control {
                     c.annotate(&mut st.peers);
                     st.control = Some(c.status());
+                    st.peer_relay = c.peer_relay_status();
                 }
                 Response::Status(Box::new(st))
             }
@@ -548,8 +549,23 @@ impl ApiContext {
                             .into(),
                     );
                 }
+                let relay_change =
+                    change.advertise_peer_relay.is_some() || change.peer_relay_port.is_some();
+                if relay_change && self.control.is_none() {
+                    return Response::Error(
+                        "--advertise-peer-relay relays for the nodes of a coordination \
+                         server's tailnet; this daemon runs with static peers"
+                            .into(),
+                    );
+                }
                 let mut routing = self.routing.lock().await;
+                let before_relay = routing.status().prefs.peer_relay_port;
                 let prefs = change.applied_to(&routing.status().prefs);
+                if let Some(c) = self.control.as_ref().filter(|_| relay_change) {
+                    if let Err(e) = c.set_peer_relay(prefs.peer_relay_port).await {
+                        return Response::Error(e);
+                    }
+                }
                 match routing.apply(&self.dev, &self.routes, prefs).await {
                     Ok(()) => {
                         let prefs = routing.status().prefs.clone();
@@ -559,6 +575,9 @@ impl ApiContext {
                         Response::Set(Box::new(prefs))
                     }
                     Err(e) => {
+                        if let Some(c) = self.control.as_ref().filter(|_| relay_change) {
+                            let _ = c.set_peer_relay(before_relay).await;
+                        }
                         let before = routing.status().prefs.clone();
                         if let Err(e2) = routing.apply(&self.dev, &self.routes, before).await {
                             log::warn!("restoring routing after a refused change: {e2:#}");
@@ -577,6 +596,13 @@ impl ApiContext {
                 Ok(p) => Response::Pong(Box::new(p)),
                 Err(e) => Response::Error(e),
             },
+            Request::Netcheck => {
+                let relay = self.dev.paths.get().map(|p| p.relay().clone());
+                match crate::netcheck::for_node(relay).await {
+                    Ok(r) => Response::Netcheck(Box::new(r)),
+                    Err(e) => Response::Error(e),
+                }
+            }
         }
     }
 
@@ -604,7 +630,7 @@ impl ApiContext {
         Ok(crate::api::PongInfo {
             name,
             ip,
-            direct: !matches!(via, crate::traversal::paths::Path::Relay(_)),
+            direct: via.is_direct(),
             via: via.to_string(),
             rtt_ms: rtt.as_secs_f64() * 1e3,
         })
@@ -721,6 +747,7 @@ fn status(dev: &Device, xdp: &Mutex<XdpState>, mtu: u16, routing: RoutingStatus)
             .get()
             .map(|p| p.relay().status())
             .unwrap_or_default(),
+        peer_relay: None,
     }
 }
 

@@ -118,6 +118,8 @@ enum Command {
     /// Ping a peer with discovery messages and show the path each answer took (direct
     /// IP:PORT or a relay region); by default until a direct path answers.
     Ping(tailgate::cli::ping::PingArgs),
+    // Help text (short and long) comes from `NetcheckArgs`.
+    Netcheck(tailgate::cli::netcheck::NetcheckArgs),
     /// MagicDNS: the resolver's state, and queries answered by it.
     #[command(subcommand)]
     Dns(tailgate::cli::dns::DnsCommand),
@@ -239,6 +241,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Debug(cmd) => tailgate::cli::routing::debug(cmd),
         Command::Dns(cmd) => runtime()?.block_on(tailgate::cli::dns::run(&cli.socket, cmd)),
         Command::Ping(args) => runtime()?.block_on(tailgate::cli::ping::run(&cli.socket, args)),
+        Command::Netcheck(args) => {
+            runtime()?.block_on(tailgate::cli::netcheck::run(&cli.socket, args))
+        }
         Command::Genkey => {
             println!("{}", Key::generate_private().to_base64());
             Ok(())

@@ -475,6 +475,7 @@ mod tests {
             }],
             control: None,
             relays: vec![],
+            peer_relay: None,
         }
     }
 

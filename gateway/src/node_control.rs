@@ -27,9 +27,11 @@ use crate::device::{lock, Device};
 use crate::forwarding::Routing;
 use crate::liveness::{ProbeTiming, Prober};
 use crate::netcfg::{InstalledRoutes, Netlink};
+use crate::peer_relay::server::PeerRelayServer;
+use crate::portmap::PortMapper;
 use crate::prefs::RoutingPrefs;
 use crate::traversal::manager::PathManager;
-use crate::traversal::paths::Timing;
+use crate::traversal::paths::{PeerInfo, Timing};
 use crate::traversal::relay::{relay_addr, RelayLinks};
 use crate::uapi::SetRequest;
 use crate::wg::Key;
@@ -93,6 +95,11 @@ pub struct ControlMode {
     silent: Mutex<BTreeSet<NodeId>>,
     /// Woken by the session when the node key is about to expire.
     renew_key: Arc<tokio::sync::Notify>,
+    /// The peer relay this node runs for the tailnet, if it runs one.
+    peer_relay: Mutex<Option<Arc<PeerRelayServer>>>,
+    /// Keeps a port mapping of the WireGuard port at the LAN's gateway (UPnP, NAT-PMP,
+    /// PCP) while a session runs.
+    port_mapper: Mutex<Option<Arc<PortMapper>>>,
 }
 
 impl ControlMode {
@@ -113,6 +120,8 @@ impl ControlMode {
             view: Arc::new(Mutex::new(view)),
             silent: Mutex::new(BTreeSet::new()),
             renew_key: Arc::new(tokio::sync::Notify::new()),
+            peer_relay: Mutex::new(None),
+            port_mapper: Mutex::new(None),
         });
         // Key renewal restarts the session, so it cannot run on the session's own task.
         let weak = Arc::downgrade(&mode);
@@ -192,6 +201,8 @@ impl ControlMode {
             advertised_routes: advertised_to_server(&prefs),
             advertise_exit_node: prefs.advertise_exit_node,
             route_priority: req.route_priority,
+            // Set once the relay runs with the node key (below).
+            peer_relay_port: None,
         };
         if let Some(old) = session.take() {
             stop_session(old).await;
@@ -230,6 +241,15 @@ impl ControlMode {
                 Err(e) => log::warn!("{e}; keeping the current key for now"),
             }
         }
+        // The peer relay speaks with the (possibly new) node key.
+        let relay_port = match self.set_peer_relay(prefs.peer_relay_port).await {
+            Ok(port) => port,
+            Err(e) => {
+                log::warn!("{e}");
+                None
+            }
+        };
+        hostinfo_tx.send_modify(|h| h.peer_relay_port = relay_port);
         let addresses: Vec<IpNet> = vec![
             IpNet::new(IpAddr::V4(reg.ipv4), 32).map_err(|e| e.to_string())?,
             IpNet::new(IpAddr::V6(reg.ipv6), 128).map_err(|e| e.to_string())?,
@@ -270,12 +290,9 @@ impl ControlMode {
             });
         }
         let (handle, events) = client.start();
-        let endpoints = local_endpoints(
-            &login_server,
-            self.parts.dev.state().listen_port,
-            &self.parts.dev.name,
-        );
-        handle.set_endpoints(endpoints);
+        lock(&self.port_mapper)
+            .get_or_insert_with(|| PortMapper::start(self.parts.dev.state().listen_port, None));
+        handle.set_endpoints(self.own_endpoints(&login_server));
         // Probed whenever configured: a node may become a router with `tailgate set`.
         let health = self.cfg.health_probe.and_then(|target| {
             start_prober(ProbeTiming::LAN_HEALTH, "LAN health probe").map(|p| {
@@ -345,6 +362,11 @@ impl ControlMode {
         if let Some(s) = session.take() {
             stop_session(s).await;
         }
+        let _ = self.set_peer_relay(None).await;
+        let mapper = lock(&self.port_mapper).take();
+        if let Some(m) = mapper {
+            m.shutdown().await;
+        }
         self.parts
             .dev
             .apply(&SetRequest {
@@ -387,9 +409,11 @@ impl ControlMode {
     /// (if given) HA priority. Without a session they are sent with the next `tailgate up`.
     pub async fn preferences_changed(&self, prefs: &RoutingPrefs, route_priority: Option<u32>) {
         if let Some(s) = self.session.lock().await.as_ref() {
+            let relay_port = lock(&self.peer_relay).as_ref().map(|r| r.port());
             s.hostinfo.send_modify(|h| {
                 h.advertised_routes = advertised_to_server(prefs);
                 h.advertise_exit_node = prefs.advertise_exit_node;
+                h.peer_relay_port = relay_port;
                 if let Some(p) = route_priority {
                     h.route_priority = p;
                 }
@@ -397,11 +421,72 @@ impl ControlMode {
         }
     }
 
+    /// Starts, moves or stops this node's peer relay to match `port`, speaking with the
+    /// current node key; returns the port it listens on. Nodes of the netmap may use it.
+    pub async fn set_peer_relay(&self, port: Option<u16>) -> Result<Option<u16>, String> {
+        let key = StaticSecret::from(*self.parts.dev.state().private_key.as_bytes());
+        let Some(port) = port else {
+            if lock(&self.peer_relay).take().is_some() {
+                log::info!("peer relay stopped");
+            }
+            return Ok(None);
+        };
+        {
+            let mut running = lock(&self.peer_relay);
+            match running.as_ref() {
+                Some(r) if r.port() == port => {
+                    r.set_key(key);
+                    return Ok(Some(port));
+                }
+                // Another port: the old one closes first.
+                _ => *running = None,
+            }
+        }
+        let dev = Arc::downgrade(&self.parts.dev);
+        let allowed: crate::peer_relay::server::Allowed = Box::new(move |k| {
+            dev.upgrade()
+                .is_some_and(|d| d.state().peers.contains_key(&Key::from_bytes(*k)))
+        });
+        let server =
+            PeerRelayServer::start(port, crate::peer_relay::DEFAULT_SESSIONS, key, allowed)
+                .await
+                .map_err(|e| format!("peer relay on UDP port {port}: {e}"))?;
+        *lock(&self.peer_relay) = Some(Arc::new(server));
+        Ok(Some(port))
+    }
+
+    /// The peer relay's port, sessions and counters, when it runs.
+    pub fn peer_relay_status(&self) -> Option<crate::peer_relay::server::PeerRelayStatus> {
+        lock(&self.peer_relay).as_ref().map(|r| r.status())
+    }
+
     /// Stops the session (daemon shutdown).
     pub async fn shutdown(&self) {
         if let Some(s) = self.session.lock().await.take() {
             stop_session(s).await;
         }
+        // The gateway forgets the mapping now rather than when it expires.
+        let mapper = lock(&self.port_mapper).take();
+        if let Some(m) = mapper {
+            m.shutdown().await;
+        }
+    }
+
+    /// The endpoints this node offers before STUN: the port mapping at the LAN's gateway
+    /// (reachable from anywhere) first, then the local addresses.
+    fn own_endpoints(&self, login_server: &LoginServer) -> Vec<SocketAddr> {
+        let port = self.parts.dev.state().listen_port;
+        let mapped = lock(&self.port_mapper)
+            .as_ref()
+            .and_then(|m| m.current())
+            .map(|m| m.external);
+        let mut out: Vec<SocketAddr> = mapped.into_iter().collect();
+        for e in local_endpoints(login_server, port, &self.parts.dev.name) {
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+        out
     }
 
     /// The session's status.
@@ -456,6 +541,8 @@ impl ControlMode {
             .get_or_init(|| {
                 let key = StaticSecret::from(*dev.state().private_key.as_bytes());
                 let relay = RelayLinks::new(key.clone(), dev.relay_inbound.clone());
+                // Home region by measured latency, and failover.
+                tokio::spawn(crate::netcheck::keep_home(Arc::downgrade(&relay)));
                 let pm = PathManager::new(dev, relay, key, Timing::default());
                 tokio::spawn(pm.clone().run());
                 pm
@@ -500,11 +587,16 @@ impl ControlMode {
             log::warn!("applying netmap {}: {e}", nm.version);
         }
         if let Some(paths) = &paths {
-            let info: Vec<_> = nm
+            let info: Vec<PeerInfo> = nm
                 .peers
                 .iter()
                 .filter(|p| p.node_key != own)
-                .map(|p| (p.node_key, p.relay_region, p.endpoints.clone()))
+                .map(|p| PeerInfo {
+                    key: p.node_key,
+                    region: p.relay_region,
+                    endpoints: p.endpoints.clone(),
+                    peer_relay_port: p.peer_relay_port,
+                })
                 .collect();
             paths.sync(&info);
         }
@@ -607,8 +699,7 @@ async fn pump(
                 }
                 mode.on_event(ev).await;
                 if let Some(paths) = mode.parts.dev.paths.get() {
-                    let port = mode.parts.dev.state().listen_port;
-                    paths.set_own_endpoints(local_endpoints(&login_server, port, &mode.parts.dev.name));
+                    paths.set_own_endpoints(mode.own_endpoints(&login_server));
                     handle.set_endpoints(paths.endpoints());
                     handle.set_relay_region(paths.relay().home());
                 }
@@ -653,8 +744,7 @@ async fn pump(
                 }
             }
             _ = refresh.tick() => {
-                let st = mode.parts.dev.state().listen_port;
-                let mut endpoints = local_endpoints(&login_server, st, &mode.parts.dev.name);
+                let mut endpoints = mode.own_endpoints(&login_server);
                 if let Some(paths) = mode.parts.dev.paths.get() {
                     paths.set_own_endpoints(endpoints);
                     endpoints = paths.endpoints();

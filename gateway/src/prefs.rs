@@ -33,6 +33,9 @@ pub struct RoutingPrefs {
     pub exit_node: Option<String>,
     /// With an exit node, keep the local LAN reachable directly.
     pub exit_node_allow_lan_access: bool,
+    /// Run a peer relay for other nodes of the tailnet on this UDP port (control mode).
+    #[serde(default)]
+    pub peer_relay_port: Option<u16>,
 }
 
 impl Default for RoutingPrefs {
@@ -45,6 +48,7 @@ impl Default for RoutingPrefs {
             accept_routes: false,
             exit_node: None,
             exit_node_allow_lan_access: false,
+            peer_relay_port: None,
         }
     }
 }
@@ -83,6 +87,9 @@ impl RoutingPrefs {
 
     /// Checks every value; errors name the setting.
     pub fn validate(&self) -> Result<(), String> {
+        if self.peer_relay_port == Some(0) {
+            return Err("peer_relay_port: want a port from 1 to 65535".into());
+        }
         for r in &self.advertise_routes {
             if r.prefix_len() == 0 {
                 return Err(format!(

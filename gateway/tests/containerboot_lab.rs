@@ -1,8 +1,9 @@
 //! `tailgate containerboot` (the container entrypoint) with Tailscale's TS_* variables, against
 //! a control server in the lab. Kernel mode (`TS_USERSPACE=false`): the node comes up, a peer
 //! pings it through the tunnel, `/healthz` and `/metrics` answer, SIGTERM stops it and removes
-//! its TUN. Userspace mode (the default): it reaches a peer through its SOCKS5 proxy. Bad
-//! variables stop it with the reason. Needs root; the lab removes everything on drop.
+//! its TUN. Userspace mode (the default): it restarts on the registered state after its auth key
+//! was revoked and reaches a peer through its SOCKS5 proxy. Bad variables stop it with the
+//! reason. Needs root; the lab removes everything on drop.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -104,6 +105,10 @@ fn containerboot_brings_a_node_up_from_ts_variables() {
     assert!(!links.contains(&tun), "TUN left behind: {links}");
 
     // The image's default, userspace networking: no TUN; the peer is reached through SOCKS5.
+    // The state dir is registered, so the revoked key still in TS_AUTHKEY does not matter.
+    server
+        .admin(&["authkey", "revoke", &key])
+        .expect("revoke the auth key");
     let peer_v4 = peer.tailnet_v4().unwrap();
     let echo = echo_server(&peer.host.ns, 7000, 1).expect("echo server");
     let mut ctr = Process::spawn(

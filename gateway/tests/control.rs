@@ -222,6 +222,7 @@ fn hostinfo(name: &str, routes: &[&str], prio: u32) -> Hostinfo {
         advertised_routes: routes.iter().map(|r| r.parse().unwrap()).collect(),
         advertise_exit_node: false,
         route_priority: prio,
+        peer_relay_port: None,
     }
 }
 

@@ -29,6 +29,10 @@ const APT_PACKAGES: &[&str] = &[
     "dnsperf",
     // ACL tests: TCP and UDP probes.
     "netcat-openbsd",
+    // Port-mapping lab (UPnP IGD, NAT-PMP, PCP): miniupnpd in a NAT box, and reference clients.
+    "miniupnpd-nftables",
+    "miniupnpc",
+    "natpmpc",
     // The Debian package (`cargo xtask package deb`) and its check: man page, lintian,
     // dpkg-shlibdeps, a fresh root to install it into and systemd-nspawn to boot that root.
     "help2man",

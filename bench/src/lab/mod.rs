@@ -13,6 +13,7 @@ pub mod node;
 pub mod process;
 pub mod proxy_client;
 pub mod relay;
+pub mod upnp;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;

@@ -12,6 +12,10 @@ use super::{Host, Lab};
 pub const LAB_REGION: u32 = 900;
 /// The port lab relays listen on.
 pub const LAB_RELAY_PORT: u16 = 8443;
+/// Where a lab relay serves `/metrics`, inside its namespace.
+const METRICS_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 9464);
+/// The relay's STUN port (the default).
+pub const LAB_STUN_PORT: u16 = 3478;
 
 /// A relay server in a lab host. Field order: the process stops before its state goes.
 pub struct RelayServer {
@@ -19,6 +23,8 @@ pub struct RelayServer {
     pub process: Process,
     /// Its relay-map node entry (as it printed it, with the host's address added).
     pub node: serde_json::Value,
+    /// Its region ID.
+    pub region: u32,
     host: Host,
     bin: PathBuf,
     state: TempDir,
@@ -27,19 +33,31 @@ pub struct RelayServer {
 impl RelayServer {
     /// Starts a relay (self-signed certificate) in lab host `index`.
     pub fn start(lab: &Lab, bin: &Path, index: u8) -> Result<RelayServer> {
+        Self::start_region(lab, bin, index, LAB_REGION)
+    }
+
+    /// Starts a relay of region `region` (its only node, named `relay-<region>`) in lab host
+    /// `index`; see [`region_map`] for a map of several.
+    pub fn start_region(lab: &Lab, bin: &Path, index: u8, region: u32) -> Result<RelayServer> {
         let host = lab.host(index)?;
         let state = TempDir::new("tg-relay")?;
-        let (process, node) = Self::spawn(&host, bin, &state)?;
+        let (process, node) = Self::spawn(&host, bin, &state, region)?;
         Ok(RelayServer {
             process,
             node,
+            region,
             host,
             bin: bin.to_path_buf(),
             state,
         })
     }
 
-    fn spawn(host: &Host, bin: &Path, state: &TempDir) -> Result<(Process, serde_json::Value)> {
+    fn spawn(
+        host: &Host,
+        bin: &Path,
+        state: &TempDir,
+        region: u32,
+    ) -> Result<(Process, serde_json::Value)> {
         let listen = format!("{}:{LAB_RELAY_PORT}", host.underlay_v4());
         let mut cmd = host.ns.command(bin.to_str().context("binary path")?);
         cmd.args([
@@ -50,9 +68,14 @@ impl RelayServer {
             "--hostname",
             "relay.lab",
         ])
-        .args(["--region-id", &LAB_REGION.to_string(), "--state-dir"])
+        .args(["--region-id", &region.to_string(), "--state-dir"])
         .arg(&state.0)
+        .arg("--metrics-listen")
+        .arg(std::net::SocketAddr::from(METRICS_ADDR).to_string())
         .env("RUST_LOG", "info");
+        if region != LAB_REGION {
+            cmd.args(["--node-name", &format!("relay-{region}")]);
+        }
         let mut process = Process::spawn("tg-relay", cmd)?;
         let mut node: serde_json::Value = wait_for("the relay to start", SETTLE, || {
             process.check_running()?;
@@ -66,19 +89,10 @@ impl RelayServer {
         Ok((process, node))
     }
 
-    /// A relay map (JSON) with this relay as the only node of region [`LAB_REGION`].
+    /// A relay map (JSON) with this relay as the only node of its region ([`LAB_REGION`]
+    /// unless started with [`RelayServer::start_region`]).
     pub fn derp_map(&self) -> String {
-        serde_json::json!({
-            "Regions": {
-                LAB_REGION.to_string(): {
-                    "RegionID": LAB_REGION,
-                    "RegionCode": "lab",
-                    "RegionName": "Lab relay",
-                    "Nodes": [self.node],
-                }
-            }
-        })
-        .to_string()
+        region_map(&[self])
     }
 
     /// Writes [`RelayServer::derp_map`] into the relay's state directory; returns the path.
@@ -86,6 +100,19 @@ impl RelayServer {
         let path = self.state.0.join("derp-map.json");
         std::fs::write(&path, self.derp_map())?;
         Ok(path)
+    }
+
+    /// The relay's `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let (code, body) =
+            super::proxy_client::http_get(&self.host.ns, METRICS_ADDR.into(), "/metrics")?;
+        anyhow::ensure!(code == 200, "/metrics answered {code}");
+        Ok(body)
+    }
+
+    /// The relay's lab host.
+    pub fn host(&self) -> &Host {
+        &self.host
     }
 
     /// Kills the relay (SIGKILL).
@@ -97,8 +124,31 @@ impl RelayServer {
     /// Starts it again with the same key and certificate.
     pub fn restart(&mut self) -> Result<()> {
         let _ = self.process.stop();
-        let (process, _) = Self::spawn(&self.host, &self.bin, &self.state)?;
+        let (process, _) = Self::spawn(&self.host, &self.bin, &self.state, self.region)?;
         self.process = process;
         Ok(())
     }
+}
+
+/// A relay map (JSON) with one region per relay, each relay its region's only node: region
+/// [`LAB_REGION`] is code `lab`, name "Lab relay"; region N is code `rN`, name "Lab relay N".
+pub fn region_map(relays: &[&RelayServer]) -> String {
+    let regions: serde_json::Map<String, serde_json::Value> = relays
+        .iter()
+        .map(|r| {
+            let (code, name) = if r.region == LAB_REGION {
+                ("lab".to_string(), "Lab relay".to_string())
+            } else {
+                (format!("r{}", r.region), format!("Lab relay {}", r.region))
+            };
+            let region = serde_json::json!({
+                "RegionID": r.region,
+                "RegionCode": code,
+                "RegionName": name,
+                "Nodes": [r.node],
+            });
+            (r.region.to_string(), region)
+        })
+        .collect();
+    serde_json::json!({ "Regions": regions }).to_string()
 }

@@ -53,6 +53,8 @@ pub enum Request {
         /// The peer's name, tailnet address or public key.
         peer: String,
     },
+    /// STUN checks against the relay map's servers (`tailgate netcheck`).
+    Netcheck,
 }
 
 /// The answer to one `tailgate ping`.
@@ -154,6 +156,8 @@ pub enum Response {
     DnsAnswer(Box<crate::dns::query::QueryAnswer>),
     /// A pong.
     Pong(Box<PongInfo>),
+    /// A netcheck report.
+    Netcheck(Box<crate::netcheck::Report>),
     /// The request failed.
     Error(String),
 }

@@ -44,6 +44,9 @@ pub struct Status {
     /// Relay connections (control mode with a relay map).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays: Vec<crate::traversal::relay::LinkStatus>,
+    /// The peer relay this node runs for the tailnet (`--advertise-peer-relay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_relay: Option<crate::peer_relay::server::PeerRelayStatus>,
 }
 
 /// The node's session with its coordination server.
@@ -273,6 +276,13 @@ impl Status {
                 } else {
                     "connecting"
                 }
+            );
+        }
+        if let Some(r) = &self.peer_relay {
+            let _ = writeln!(
+                s,
+                "peer relay: UDP port {}, {} session(s), {} packets forwarded, {} dropped",
+                r.port, r.sessions, r.forwarded_packets, r.dropped
             );
         }
         for p in &self.peers {

@@ -2,5 +2,6 @@
 //! arguments and delegates here).
 
 pub mod dns;
+pub mod netcheck;
 pub mod ping;
 pub mod routing;

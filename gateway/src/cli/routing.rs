@@ -38,6 +38,14 @@ pub struct SetArgs {
     /// higher is preferred (control mode only).
     #[arg(long, value_name = "N")]
     pub route_priority: Option<u32>,
+    /// Relay UDP between other nodes of the tailnet that cannot reach each other directly
+    /// (control mode). Peers use it in preference to the relay servers; it needs UDP from
+    /// anywhere to --peer-relay-port and the ports of its sessions just above it.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub advertise_peer_relay: Option<bool>,
+    /// UDP port of the peer relay (default 41642); sessions take the 256 ports above it.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..65280))]
+    pub peer_relay_port: Option<u16>,
     /// Print the resulting preferences as JSON.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +110,8 @@ pub async fn set(socket: &Path, args: SetArgs) -> Result<()> {
         exit_node: args.exit_node,
         exit_node_allow_lan_access: args.exit_node_allow_lan_access,
         route_priority: args.route_priority,
+        advertise_peer_relay: args.advertise_peer_relay,
+        peer_relay_port: args.peer_relay_port,
     };
     if change == RoutingChange::default() {
         bail!("nothing to change: give at least one flag (see `tailgate set --help`)");
@@ -124,6 +134,10 @@ pub async fn set(socket: &Path, args: SetArgs) -> Result<()> {
                 "exit node: {}",
                 prefs.exit_node.as_deref().unwrap_or("none")
             );
+            match prefs.peer_relay_port {
+                Some(port) => println!("peer relay: UDP port {port}"),
+                None => println!("peer relay: off"),
+            }
         }
         other => bail!("unexpected answer from the daemon: {other:?}"),
     }

@@ -100,6 +100,9 @@ pub struct Hostinfo {
     /// **higher is preferred**; 0 is the default.
     #[serde(default)]
     pub route_priority: u32,
+    /// The UDP port of the peer relay the node runs (`--advertise-peer-relay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_relay_port: Option<u16>,
 }
 
 /// Registration of a machine (identified by the Noise static key of its connection).
@@ -337,6 +340,9 @@ pub struct NodeView {
     /// The relay region where it can be reached (its home relay), if it reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_region: Option<u32>,
+    /// The UDP port of the peer relay it runs, at the IP of its first endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_relay_port: Option<u16>,
     /// Its tailnet addresses (`/32` and `/128`).
     pub addresses: Vec<IpNet>,
     /// What a peer puts in WireGuard allowed IPs: its addresses, the approved routes it is
@@ -378,6 +384,7 @@ impl NodeView {
             node_key: Key::from([id as u8; 32]),
             endpoints: vec![],
             relay_region: None,
+            peer_relay_port: None,
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             allowed_ips: vec![],
             routes: vec![],
@@ -580,6 +587,9 @@ pub fn validate_hostinfo(h: &Hostinfo) -> Result<(), String> {
     if h.advertised_routes.len() > MAX_ROUTES {
         return Err(format!("more than {MAX_ROUTES} advertised routes"));
     }
+    if h.peer_relay_port == Some(0) {
+        return Err("peer relay port 0".into());
+    }
     Ok(())
 }
 
@@ -618,6 +628,7 @@ mod tests {
                 advertised_routes: vec!["192.168.1.0/24".parse().unwrap()],
                 advertise_exit_node: true,
                 route_priority: 10,
+                peer_relay_port: None,
             },
         });
         let json = serde_json::to_string(&msg).unwrap();
@@ -677,6 +688,7 @@ mod tests {
             node_key: k,
             endpoints: vec![],
             relay_region: None,
+            peer_relay_port: None,
             addresses: vec![format!("100.64.0.{id}/32").parse().unwrap()],
             allowed_ips: vec![],
             routes: vec![RouteState {

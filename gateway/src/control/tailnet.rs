@@ -165,6 +165,8 @@ struct Live {
     seen_since_start: bool,
     endpoints: Vec<SocketAddr>,
     relay_region: Option<u32>,
+    /// The peer relay port its hostinfo offers (live: it runs while the node does).
+    peer_relay_port: Option<u16>,
     health: Health,
     eligible_since: Option<Instant>,
 }
@@ -826,6 +828,7 @@ impl Tailnet {
             node.live.health = h.clone();
         }
         if let Some(h) = &update.hostinfo {
+            node.live.peer_relay_port = h.peer_relay_port;
             let current = node.rec.clone();
             let mut rec = current.clone();
             let requested = sanitize_hostname(&h.hostname);
@@ -1094,6 +1097,7 @@ impl Tailnet {
             node_key: rec.node_key,
             endpoints: n.live.endpoints.clone(),
             relay_region: n.live.relay_region,
+            peer_relay_port: n.live.peer_relay_port,
             addresses,
             allowed_ips,
             routes,

@@ -32,6 +32,12 @@ pub struct RoutingChange {
     /// preference of this node, passed on to the coordination server).
     #[serde(default)]
     pub route_priority: Option<u32>,
+    /// Run (or stop) a peer relay for the tailnet.
+    #[serde(default)]
+    pub advertise_peer_relay: Option<bool>,
+    /// The peer relay's UDP port.
+    #[serde(default)]
+    pub peer_relay_port: Option<u16>,
 }
 
 impl RoutingChange {
@@ -57,6 +63,14 @@ impl RoutingChange {
         if let Some(v) = self.exit_node_allow_lan_access {
             p.exit_node_allow_lan_access = v;
         }
+        let relay_on = self
+            .advertise_peer_relay
+            .unwrap_or(p.peer_relay_port.is_some());
+        p.peer_relay_port = relay_on.then(|| {
+            self.peer_relay_port
+                .or(p.peer_relay_port)
+                .unwrap_or(crate::peer_relay::DEFAULT_PORT)
+        });
         p
     }
 }

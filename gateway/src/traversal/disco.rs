@@ -10,6 +10,9 @@
 //!   looks from here, e.g. its public NAT mapping);
 //! - `CallMeMaybe { endpoints }`: sent through the relay: "I am pinging you at your
 //!   endpoints; ping me at mine", so that both NATs open at the same time.
+//! - peer relays (see [`crate::peer_relay`]): `RelayAllocate`/`RelayAllocated` between a node
+//!   and a peer relay, `RelayBind`/`RelayChallenge`/`RelayBound` between a node and one relay
+//!   session's port, and `CallMeMaybeVia` through the relay: "reach me through this session".
 //!
 //! WireGuard messages start with a type byte 1..=4 followed by three zero bytes, so the magic
 //! never collides with them.
@@ -31,6 +34,11 @@ pub const TX_LEN: usize = 12;
 pub const MAX_ENDPOINTS: usize = 16;
 /// Bytes of an encoded address (IPv6 or v4-mapped, port).
 const ADDR_LEN: usize = 18;
+/// Length of a peer relay's bind cookie.
+pub const COOKIE_LEN: usize = 16;
+
+/// A peer relay's proof that a bind came from the address it names.
+pub type Cookie = [u8; COOKIE_LEN];
 
 /// A transaction id matching a pong to its ping.
 pub type TxId = [u8; TX_LEN];
@@ -54,6 +62,39 @@ pub enum Message {
     CallMeMaybe {
         /// The sender's candidate addresses.
         endpoints: Vec<SocketAddr>,
+    },
+    /// To a peer relay: "give me a session with this peer".
+    RelayAllocate {
+        /// The other node's key.
+        peer: [u8; 32],
+    },
+    /// From a peer relay: the session with `peer` is at UDP `port` of the address the
+    /// allocation was sent to.
+    RelayAllocated {
+        /// The other node's key.
+        peer: [u8; 32],
+        /// The session's port.
+        port: u16,
+    },
+    /// To a session's port: bind the address this comes from (with the cookie of a
+    /// challenge), or ask for a challenge (without).
+    RelayBind {
+        /// The cookie from [`Message::RelayChallenge`].
+        cookie: Option<Cookie>,
+    },
+    /// From a session's port: send this cookie back in a bind from the same address.
+    RelayChallenge {
+        /// Proves the address on the next bind.
+        cookie: Cookie,
+    },
+    /// From a session's port: the address is bound.
+    RelayBound,
+    /// Through the relay: "reach me through the peer relay `relay` at `addr`".
+    CallMeMaybeVia {
+        /// The peer relay node's key.
+        relay: [u8; 32],
+        /// The session's address (the relay node's IP and the session port).
+        addr: SocketAddr,
     },
 }
 
@@ -125,6 +166,31 @@ impl Message {
                     put_addr(&mut out, *e);
                 }
             }
+            Message::RelayAllocate { peer } => {
+                out.push(4);
+                out.extend_from_slice(peer);
+            }
+            Message::RelayAllocated { peer, port } => {
+                out.push(5);
+                out.extend_from_slice(peer);
+                out.extend_from_slice(&port.to_be_bytes());
+            }
+            Message::RelayBind { cookie } => {
+                out.push(6);
+                if let Some(c) = cookie {
+                    out.extend_from_slice(c);
+                }
+            }
+            Message::RelayChallenge { cookie } => {
+                out.push(7);
+                out.extend_from_slice(cookie);
+            }
+            Message::RelayBound => out.push(8),
+            Message::CallMeMaybeVia { relay, addr } => {
+                out.push(9);
+                out.extend_from_slice(relay);
+                put_addr(&mut out, *addr);
+            }
         }
         out
     }
@@ -135,6 +201,16 @@ impl Message {
             let mut t = [0u8; TX_LEN];
             t.copy_from_slice(&r[..TX_LEN]);
             t
+        };
+        let key = |r: &[u8]| -> [u8; 32] {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&r[..32]);
+            k
+        };
+        let cookie = |r: &[u8]| -> Cookie {
+            let mut c = [0u8; COOKIE_LEN];
+            c.copy_from_slice(&r[..COOKIE_LEN]);
+            c
         };
         match kind {
             1 if rest.len() == TX_LEN => Ok(Message::Ping { tx: tx(rest) }),
@@ -147,6 +223,23 @@ impl Message {
                     endpoints: rest.chunks(ADDR_LEN).map(get_addr).collect(),
                 })
             }
+            4 if rest.len() == 32 => Ok(Message::RelayAllocate { peer: key(rest) }),
+            5 if rest.len() == 34 => Ok(Message::RelayAllocated {
+                peer: key(rest),
+                port: u16::from_be_bytes([rest[32], rest[33]]),
+            }),
+            6 if rest.is_empty() => Ok(Message::RelayBind { cookie: None }),
+            6 if rest.len() == COOKIE_LEN => Ok(Message::RelayBind {
+                cookie: Some(cookie(rest)),
+            }),
+            7 if rest.len() == COOKIE_LEN => Ok(Message::RelayChallenge {
+                cookie: cookie(rest),
+            }),
+            8 if rest.is_empty() => Ok(Message::RelayBound),
+            9 if rest.len() == 32 + ADDR_LEN => Ok(Message::CallMeMaybeVia {
+                relay: key(rest),
+                addr: get_addr(&rest[32..]),
+            }),
             _ => Err(DiscoError::BadBody),
         }
     }
@@ -243,6 +336,23 @@ mod tests {
                     "192.0.2.1:1".parse().unwrap(),
                     "[2001:db8::2]:2".parse().unwrap(),
                 ],
+            },
+            Message::RelayAllocate { peer: [7; 32] },
+            Message::RelayAllocated {
+                peer: [8; 32],
+                port: 41643,
+            },
+            Message::RelayBind { cookie: None },
+            Message::RelayBind {
+                cookie: Some([3; COOKIE_LEN]),
+            },
+            Message::RelayChallenge {
+                cookie: [4; COOKIE_LEN],
+            },
+            Message::RelayBound,
+            Message::CallMeMaybeVia {
+                relay: [9; 32],
+                addr: "198.51.100.2:41643".parse().unwrap(),
             },
         ] {
             let d = seal(&a, &b_pub, &msg).unwrap();

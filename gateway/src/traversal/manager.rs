@@ -12,7 +12,7 @@ use x25519_dalek::StaticSecret;
 use tokio::sync::oneshot;
 
 use super::disco::{self, Message, TxId};
-use super::paths::{Action, Path, PathView, Paths, Timing};
+use super::paths::{Action, Path, PathView, Paths, PeerInfo, Timing};
 use super::relay::{relay_addr, RelayLinks};
 use crate::device::{lock, Device};
 use crate::wg::Key;
@@ -164,14 +164,13 @@ impl PathManager {
         true
     }
 
-    /// Takes the netmap's peers (key, home relay region, endpoints) and re-applies the paths
-    /// in use (a netmap resets endpoints).
-    pub fn sync(&self, peers: &[(Key, Option<u32>, Vec<SocketAddr>)]) {
+    /// Takes the netmap's peers and re-applies the paths in use (a netmap resets endpoints).
+    pub fn sync(&self, peers: &[PeerInfo]) {
         let mut paths = lock(&self.paths);
         paths.sync(peers);
-        for (k, _, _) in peers {
-            if let Some(v) = paths.view(k) {
-                self.set_path(k, v.path);
+        for p in peers {
+            if let Some(v) = paths.view(&p.key) {
+                self.set_path(&p.key, v.path);
             }
         }
     }
@@ -211,6 +210,16 @@ impl PathManager {
                 let endpoints = self.endpoints();
                 self.send_relay(&peer, region, &Message::CallMeMaybe { endpoints });
             }
+            Action::Allocate { peer, relay, to } => {
+                let msg = Message::RelayAllocate {
+                    peer: *peer.as_bytes(),
+                };
+                self.send_udp(&relay, to, &msg).await;
+            }
+            Action::Bind { relay, to } => {
+                self.send_udp(&relay, to, &Message::RelayBind { cookie: None })
+                    .await;
+            }
         }
     }
 
@@ -222,9 +231,8 @@ impl PathManager {
             return;
         };
         let endpoint = match path {
-            Path::None => None,
-            Path::Direct(a) => Some(a),
             Path::Relay(r) => relay_addr(r),
+            other => other.udp_addr(),
         };
         let mut s = lock(&p.settings);
         if s.endpoint != endpoint {
@@ -266,7 +274,7 @@ impl PathManager {
             return Err(format!("peer {} is not in the netmap", peer.short()));
         };
         let (tx, waiter) = match view.path {
-            Path::Direct(to) => {
+            Path::Direct(to) | Path::PeerRelay(to) => {
                 let tx = lock(&self.paths)
                     .note_ping(peer, to, now)
                     .ok_or("peer left the netmap")?;
@@ -297,7 +305,9 @@ impl PathManager {
         match answer {
             Ok(Ok((from, at))) => {
                 let rtt = at.saturating_duration_since(now);
+                let via_session = |a| lock(&self.paths).session_at(a).is_some();
                 Ok(match from {
+                    Source::Udp(a) if via_session(a) => (Path::PeerRelay(a), rtt),
                     Source::Udp(a) => (Path::Direct(a), rtt),
                     Source::Relay(r) => (Path::Relay(r), rtt),
                 })
@@ -336,7 +346,14 @@ impl PathManager {
             Message::Ping { tx } => {
                 let pong = |observed| Message::Pong { tx, observed };
                 match from {
-                    Source::Udp(addr) => self.send_udp(&peer, addr, &pong(addr)).await,
+                    Source::Udp(addr) => {
+                        self.send_udp(&peer, addr, &pong(addr)).await;
+                        // Where the ping came from reaches the peer: try it ourselves.
+                        let actions = lock(&self.paths).on_ping(&peer, addr, now);
+                        for a in actions {
+                            self.act(a).await;
+                        }
+                    }
                     Source::Relay(region) => {
                         if let Some(a) = relay_addr(region) {
                             self.send_relay(&peer, region, &pong(a));
@@ -361,7 +378,73 @@ impl PathManager {
                     self.act(a).await;
                 }
             }
+            other => return self.handle_peer_relay(from, peer, other).await,
         }
         true
+    }
+
+    /// The peer relay messages: a session from a relay we asked (bind it and offer it to the
+    /// peer), a session offered by a peer (bind it), a relay's challenge and bind answer.
+    /// Messages for a relay (allocate, bind) are not for us: false.
+    async fn handle_peer_relay(&self, from: Source, sender: Key, msg: Message) -> bool {
+        match (msg, from) {
+            (Message::RelayAllocated { peer, port }, Source::Udp(src)) => {
+                let allocated_here = lock(&self.paths).relay_addr(&sender) == Some(src);
+                if !allocated_here {
+                    return false;
+                }
+                let peer = Key::from_bytes(peer);
+                let session = SocketAddr::new(src.ip(), port);
+                let actions = lock(&self.paths).add_session(&peer, &sender, session);
+                if actions.is_empty() {
+                    return false;
+                }
+                log::info!("peer {}: peer relay session at {session}", peer.short());
+                for a in actions {
+                    self.act(a).await;
+                }
+                let region = lock(&self.paths).targets(&peer).and_then(|(r, _)| r);
+                if let Some(region) = region {
+                    let offer = Message::CallMeMaybeVia {
+                        relay: *sender.as_bytes(),
+                        addr: session,
+                    };
+                    self.send_relay(&peer, region, &offer);
+                }
+                true
+            }
+            (Message::CallMeMaybeVia { relay, addr }, _) => {
+                let actions = lock(&self.paths).add_session(&sender, &Key::from_bytes(relay), addr);
+                let known = !actions.is_empty();
+                for a in actions {
+                    self.act(a).await;
+                }
+                known
+            }
+            (Message::RelayChallenge { cookie }, Source::Udp(src)) => {
+                let at = lock(&self.paths).session_at(src);
+                if !at.is_some_and(|(_, relay)| relay == sender) {
+                    return false;
+                }
+                let bind = Message::RelayBind {
+                    cookie: Some(cookie),
+                };
+                self.send_udp(&sender, src, &bind).await;
+                true
+            }
+            (Message::RelayBound, Source::Udp(src)) => {
+                let at = lock(&self.paths).session_at(src);
+                let Some((peer, _)) = at.filter(|(_, relay)| *relay == sender) else {
+                    return false;
+                };
+                // Try the session at once rather than at the next probe round.
+                let tx = lock(&self.paths).note_ping(&peer, src, Instant::now());
+                if let Some(tx) = tx {
+                    self.send_udp(&peer, src, &Message::Ping { tx }).await;
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }

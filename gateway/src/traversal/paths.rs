@@ -7,6 +7,12 @@
 //! packets move to it at once. The direct path is pinged every [`Timing::ping_active`]; when no
 //! pong has come for [`Timing::trust`], packets go back to the relay, and the candidates are
 //! probed again.
+//!
+//! When no direct path has worked for [`Timing::peer_relay_after`] and a peer of the tailnet
+//! runs a peer relay ([`crate::peer_relay`]), a session with the peer is asked for there; its
+//! address (given by the relay, or offered by the peer in a call-me-maybe-via) is bound and
+//! pinged like a direct candidate. A session that answers is used while there is no direct
+//! path, in preference to the relay servers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +35,8 @@ pub struct Timing {
     pub call_me_maybe: Duration,
     /// How long an unanswered ping is remembered.
     pub ping_timeout: Duration,
+    /// How long without a direct path before a peer relay session is asked for.
+    pub peer_relay_after: Duration,
 }
 
 impl Default for Timing {
@@ -39,6 +47,7 @@ impl Default for Timing {
             trust: Duration::from_millis(1300),
             call_me_maybe: Duration::from_secs(4),
             ping_timeout: Duration::from_secs(5),
+            peer_relay_after: Duration::from_secs(3),
         }
     }
 }
@@ -52,6 +61,36 @@ pub enum Path {
     Direct(SocketAddr),
     /// Through this relay region.
     Relay(u32),
+    /// Through a peer relay's session at this address.
+    PeerRelay(SocketAddr),
+}
+
+impl Path {
+    /// Whether packets go straight to the peer.
+    pub fn is_direct(&self) -> bool {
+        matches!(self, Path::Direct(_))
+    }
+
+    /// The WireGuard endpoint for this path (`None` for a relay region or no path).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Path::Direct(a) | Path::PeerRelay(a) => Some(*a),
+            Path::None | Path::Relay(_) => None,
+        }
+    }
+}
+
+/// What the netmap says about a peer, as far as paths go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its node key.
+    pub key: Key,
+    /// Its home relay region.
+    pub region: Option<u32>,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// The UDP port of the peer relay it runs, if it runs one.
+    pub peer_relay_port: Option<u16>,
 }
 
 impl std::fmt::Display for Path {
@@ -60,6 +99,7 @@ impl std::fmt::Display for Path {
             Path::None => write!(f, "none"),
             Path::Direct(a) => write!(f, "direct {a}"),
             Path::Relay(r) => write!(f, "relay {r}"),
+            Path::PeerRelay(a) => write!(f, "peer-relay {a}"),
         }
     }
 }
@@ -83,6 +123,22 @@ pub enum Action {
         /// Its relay region.
         region: u32,
     },
+    /// Ask the peer relay `relay` (allocation address `to`) for a session with the peer.
+    Allocate {
+        /// The peer.
+        peer: Key,
+        /// The peer relay node.
+        relay: Key,
+        /// Its allocation address.
+        to: SocketAddr,
+    },
+    /// Bind our address at a peer relay session (starts with a challenge).
+    Bind {
+        /// The peer relay node.
+        relay: Key,
+        /// The session's address.
+        to: SocketAddr,
+    },
     /// Point the peer's WireGuard endpoint here.
     SetPath {
         /// The peer.
@@ -100,6 +156,16 @@ struct Direct {
     last_pong: Instant,
 }
 
+/// Most peer relay sessions remembered per peer.
+const MAX_SESSIONS: usize = 4;
+
+/// A peer relay session toward a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Session {
+    addr: SocketAddr,
+    relay: Key,
+}
+
 /// One peer's path state.
 #[derive(Debug, Clone)]
 struct PeerPath {
@@ -108,6 +174,13 @@ struct PeerPath {
     offered: Vec<SocketAddr>,
     pings: HashMap<TxId, (SocketAddr, Instant)>,
     direct: Option<Direct>,
+    /// Peer relay sessions, newest last.
+    sessions: Vec<Session>,
+    /// The session that answered pings.
+    via: Option<Direct>,
+    /// Since when there has been no trusted direct path.
+    no_direct_since: Option<Instant>,
+    last_allocate: Option<Instant>,
     current: Path,
     last_probe: Option<Instant>,
     last_active_ping: Option<Instant>,
@@ -122,6 +195,10 @@ impl PeerPath {
             offered: Vec::new(),
             pings: HashMap::new(),
             direct: None,
+            sessions: Vec::new(),
+            via: None,
+            no_direct_since: None,
+            last_allocate: None,
             current: Path::None,
             last_probe: None,
             last_active_ping: None,
@@ -144,9 +221,28 @@ impl PeerPath {
             .filter(|d| now.saturating_duration_since(d.last_pong) < t.trust)
     }
 
+    /// A ping of `to` for `peer`, remembered so that its pong is recognised.
+    fn ping(&mut self, peer: Key, to: SocketAddr, now: Instant) -> Action {
+        let tx = super::disco::new_tx();
+        self.pings.insert(tx, (to, now));
+        Action::Ping { peer, to, tx }
+    }
+
+    fn trusted_via(&self, now: Instant, t: &Timing) -> Option<Direct> {
+        self.via
+            .filter(|d| now.saturating_duration_since(d.last_pong) < t.trust)
+    }
+
+    fn session(&self, addr: SocketAddr) -> Option<Session> {
+        self.sessions.iter().find(|s| s.addr == addr).copied()
+    }
+
     fn desired(&self, now: Instant, t: &Timing, relay_ok: &dyn Fn(u32) -> bool) -> Path {
         if let Some(d) = self.trusted(now, t) {
             return Path::Direct(d.addr);
+        }
+        if let Some(v) = self.trusted_via(now, t) {
+            return Path::PeerRelay(v.addr);
         }
         if let Some(r) = self.region.filter(|r| relay_ok(*r)) {
             return Path::Relay(r);
@@ -163,7 +259,7 @@ impl PeerPath {
 pub struct PathView {
     /// The path in use.
     pub path: Path,
-    /// Round-trip time of the direct path, when there is one.
+    /// Round-trip time of the path in use when it is direct or a peer relay.
     pub latency: Option<Duration>,
 }
 
@@ -172,6 +268,8 @@ pub struct PathView {
 pub struct Paths {
     timing: Timing,
     peers: HashMap<Key, PeerPath>,
+    /// Peer relays of the tailnet: node key and allocation address.
+    relays: Vec<(Key, SocketAddr)>,
 }
 
 impl Paths {
@@ -180,21 +278,39 @@ impl Paths {
         Paths {
             timing,
             peers: HashMap::new(),
+            relays: Vec::new(),
         }
     }
 
-    /// Makes the peer set exactly `peers` (key, home relay region, netmap endpoints); known
-    /// peers keep their state.
-    pub fn sync(&mut self, peers: &[(Key, Option<u32>, Vec<SocketAddr>)]) {
-        self.peers
-            .retain(|k, _| peers.iter().any(|(p, _, _)| p == k));
-        for (key, region, endpoints) in peers {
+    /// Makes the peer set exactly `peers`; known peers keep their state. Peers that run a
+    /// peer relay (and have an endpoint) become the relays to ask for sessions; sessions at
+    /// relays that left are forgotten.
+    pub fn sync(&mut self, peers: &[PeerInfo]) {
+        self.peers.retain(|k, _| peers.iter().any(|p| p.key == *k));
+        self.relays = peers
+            .iter()
+            .filter_map(|p| {
+                let port = p.peer_relay_port?;
+                let ip = p.endpoints.iter().find(|e| region_of(**e).is_none())?.ip();
+                Some((p.key, SocketAddr::new(ip, port)))
+            })
+            .collect();
+        for info in peers {
             let p = self
                 .peers
-                .entry(*key)
-                .or_insert_with(|| PeerPath::new(*region, endpoints.clone()));
-            p.region = *region;
-            p.netmap_endpoints = endpoints.clone();
+                .entry(info.key)
+                .or_insert_with(|| PeerPath::new(info.region, info.endpoints.clone()));
+            p.region = info.region;
+            p.netmap_endpoints = info.endpoints.clone();
+            let relays = &self.relays;
+            p.sessions.retain(|s| {
+                relays
+                    .iter()
+                    .any(|(k, a)| *k == s.relay && a.ip() == s.addr.ip())
+            });
+            if p.via.is_some_and(|v| p.session(v.addr).is_none()) {
+                p.via = None;
+            }
         }
     }
 
@@ -202,8 +318,51 @@ impl Paths {
     pub fn view(&self, peer: &Key) -> Option<PathView> {
         self.peers.get(peer).map(|p| PathView {
             path: p.current,
-            latency: p.direct.map(|d| d.latency),
+            latency: match p.current {
+                Path::PeerRelay(_) => p.via.map(|d| d.latency),
+                _ => p.direct.map(|d| d.latency),
+            },
         })
+    }
+
+    /// The allocation address of the peer relay run by `relay`, if it runs one.
+    pub fn relay_addr(&self, relay: &Key) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|(k, _)| k == relay)
+            .map(|(_, a)| *a)
+    }
+
+    /// The peer and peer relay a session address belongs to.
+    pub fn session_at(&self, addr: SocketAddr) -> Option<(Key, Key)> {
+        self.peers
+            .iter()
+            .find_map(|(k, p)| p.session(addr).map(|s| (*k, s.relay)))
+    }
+
+    /// A session with `peer` at `addr` on the peer relay `relay` (allocated by us, or offered
+    /// by the peer): remembered, and bound at once. Sessions at unknown relays, or at an
+    /// address that is not the relay's, are refused.
+    pub fn add_session(&mut self, peer: &Key, relay: &Key, addr: SocketAddr) -> Vec<Action> {
+        let known = self
+            .relay_addr(relay)
+            .is_some_and(|a| a.ip() == addr.ip() && relay != peer);
+        let Some(p) = self.peers.get_mut(peer).filter(|_| known) else {
+            return Vec::new();
+        };
+        if p.session(addr).is_none() {
+            if p.sessions.len() >= MAX_SESSIONS {
+                p.sessions.remove(0);
+            }
+            p.sessions.push(Session {
+                addr,
+                relay: *relay,
+            });
+        }
+        vec![Action::Bind {
+            relay: *relay,
+            to: addr,
+        }]
     }
 
     /// Whether `peer` is managed here.
@@ -229,26 +388,47 @@ impl Paths {
             let due = |last: Option<Instant>, every: Duration| {
                 last.is_none_or(|l| now.saturating_duration_since(l) >= every)
             };
-            match p.trusted(now, &t) {
-                Some(d) => {
-                    if due(p.last_active_ping, t.ping_active) {
-                        p.last_active_ping = Some(now);
-                        let tx = super::disco::new_tx();
-                        p.pings.insert(tx, (d.addr, now));
-                        out.push(Action::Ping {
-                            peer: *key,
-                            to: d.addr,
-                            tx,
-                        });
-                    }
+            // The path in use is pinged often; without a direct path the candidates (and
+            // the peer relay sessions, bound again first) are probed every `ping_idle`.
+            let trusted = p.trusted(now, &t);
+            let via = p.trusted_via(now, &t).filter(|_| trusted.is_none());
+            if let Some(d) = trusted.or(via) {
+                if due(p.last_active_ping, t.ping_active) {
+                    p.last_active_ping = Some(now);
+                    out.push(p.ping(*key, d.addr, now));
                 }
+            }
+            match trusted {
+                Some(_) => p.no_direct_since = None,
                 None => {
+                    let since = *p.no_direct_since.get_or_insert(now);
                     if due(p.last_probe, t.ping_idle) {
                         p.last_probe = Some(now);
                         for to in p.candidates() {
-                            let tx = super::disco::new_tx();
-                            p.pings.insert(tx, (to, now));
-                            out.push(Action::Ping { peer: *key, to, tx });
+                            out.push(p.ping(*key, to, now));
+                        }
+                        if via.is_none() {
+                            for s in p.sessions.clone() {
+                                out.push(Action::Bind {
+                                    relay: s.relay,
+                                    to: s.addr,
+                                });
+                                out.push(p.ping(*key, s.addr, now));
+                            }
+                        }
+                    }
+                    let relay = self.relays.iter().find(|(k, _)| k != key).copied();
+                    if let Some((relay, to)) = relay {
+                        if via.is_none()
+                            && now.saturating_duration_since(since) >= t.peer_relay_after
+                            && due(p.last_allocate, t.call_me_maybe)
+                        {
+                            p.last_allocate = Some(now);
+                            out.push(Action::Allocate {
+                                peer: *key,
+                                relay,
+                                to,
+                            });
                         }
                     }
                     if let Some(region) = p.region.filter(|r| relay_ok(*r)) {
@@ -278,6 +458,18 @@ impl Paths {
             return None;
         }
         let latency = now.saturating_duration_since(sent);
+        if p.session(from).is_some() {
+            p.via = Some(Direct {
+                addr: from,
+                latency,
+                last_pong: now,
+            });
+            let path = Path::PeerRelay(from);
+            return (p.trusted(now, &self.timing).is_none() && p.current != path).then(|| {
+                p.current = path;
+                Action::SetPath { peer: *peer, path }
+            });
+        }
         let better = match p.direct {
             None => true,
             Some(d) => {
@@ -314,6 +506,27 @@ impl Paths {
         self.peers.get(peer).map(|p| (p.region, p.candidates()))
     }
 
+    /// The peer pinged us over UDP from `from`: an address that reaches it (say its NAT's
+    /// mapping toward us, useless to anyone else). Unless it is a peer relay session or
+    /// already a candidate, it becomes one and is pinged now when there is no direct path.
+    pub fn on_ping(&mut self, peer: &Key, from: SocketAddr, now: Instant) -> Vec<Action> {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Vec::new();
+        };
+        if region_of(from).is_some() || p.session(from).is_some() || p.candidates().contains(&from)
+        {
+            return Vec::new();
+        }
+        if p.offered.len() >= super::disco::MAX_ENDPOINTS {
+            p.offered.remove(0);
+        }
+        p.offered.push(from);
+        if p.trusted(now, &self.timing).is_some() {
+            return Vec::new();
+        }
+        vec![p.ping(*peer, from, now)]
+    }
+
     /// The peer offered its endpoints (call-me-maybe): remember them and ping them now.
     pub fn on_call_me_maybe(
         &mut self,
@@ -334,13 +547,7 @@ impl Paths {
         if p.trusted(now, &self.timing).is_none() {
             p.last_probe = Some(now);
             for to in p.candidates() {
-                let tx = super::disco::new_tx();
-                p.pings.insert(tx, (to, now));
-                out.push(Action::Ping {
-                    peer: *peer,
-                    to,
-                    tx,
-                });
+                out.push(p.ping(*peer, to, now));
             }
         }
         out
@@ -367,12 +574,21 @@ mod tests {
 
     const ALL_RELAYS: &dyn Fn(u32) -> bool = &|_| true;
 
+    fn info(key: Key, region: Option<u32>, endpoints: Vec<SocketAddr>) -> PeerInfo {
+        PeerInfo {
+            key,
+            region,
+            endpoints,
+            peer_relay_port: None,
+        }
+    }
+
     #[test]
     fn starts_on_the_relay_moves_direct_on_a_pong_and_back_when_pongs_stop() {
         let t = Timing::default();
         let mut paths = Paths::new(t);
         let (k, ep): (Key, SocketAddr) = (key(1), "198.51.100.7:41641".parse().unwrap());
-        paths.sync(&[(k, Some(900), vec![ep])]);
+        paths.sync(&[info(k, Some(900), vec![ep])]);
         let t0 = Instant::now();
         let a = paths.tick(t0, ALL_RELAYS);
         assert!(a.contains(&Action::SetPath {
@@ -431,7 +647,7 @@ mod tests {
     fn call_me_maybe_adds_candidates_and_pings_them_now() {
         let mut paths = Paths::new(Timing::default());
         let k = key(2);
-        paths.sync(&[(k, Some(7), vec![])]);
+        paths.sync(&[info(k, Some(7), vec![])]);
         let now = Instant::now();
         let offered: Vec<SocketAddr> = vec![
             "203.0.113.5:1000".parse().unwrap(),
@@ -452,7 +668,7 @@ mod tests {
         let mut paths = Paths::new(Timing::default());
         let k = key(4);
         let ep: SocketAddr = "192.0.2.1:41641".parse().unwrap();
-        paths.sync(&[(k, Some(900), vec![ep])]);
+        paths.sync(&[info(k, Some(900), vec![ep])]);
         let a = paths.tick(Instant::now(), &|_| false);
         assert!(a.contains(&Action::SetPath {
             peer: k,
@@ -460,5 +676,101 @@ mod tests {
         }));
         paths.sync(&[]);
         assert!(!paths.knows(&k));
+    }
+
+    #[test]
+    fn without_a_direct_path_a_peer_relay_session_is_used_before_the_relay_servers() {
+        let t = Timing::default();
+        let mut paths = Paths::new(t);
+        let (k, relay) = (key(5), key(6));
+        let relay_ep: SocketAddr = "198.51.100.9:41641".parse().unwrap();
+        let mut r = info(relay, Some(900), vec![relay_ep]);
+        r.peer_relay_port = Some(41642);
+        paths.sync(&[info(k, Some(900), vec!["192.0.2.5:1".parse().unwrap()]), r]);
+        let alloc_addr: SocketAddr = "198.51.100.9:41642".parse().unwrap();
+        assert_eq!(paths.relay_addr(&relay), Some(alloc_addr));
+        let t0 = Instant::now();
+        let allocations = |a: &[Action]| {
+            a.iter()
+                .filter(|x| matches!(x, Action::Allocate { peer, .. } if *peer == k))
+                .count()
+        };
+        assert_eq!(allocations(&paths.tick(t0, ALL_RELAYS)), 0, "direct first");
+        let a = paths.tick(t0 + t.peer_relay_after, ALL_RELAYS);
+        assert!(a.contains(&Action::Allocate {
+            peer: k,
+            relay,
+            to: alloc_addr
+        }));
+        // The relay never relays for itself, and sessions elsewhere are refused.
+        assert!(paths
+            .tick(t0 + t.peer_relay_after, ALL_RELAYS)
+            .iter()
+            .all(|x| !matches!(x, Action::Allocate { peer, .. } if *peer == relay)));
+        let session: SocketAddr = "198.51.100.9:41643".parse().unwrap();
+        assert!(paths
+            .add_session(&k, &relay, "203.0.113.1:41643".parse().unwrap())
+            .is_empty());
+        assert!(paths.add_session(&k, &key(7), session).is_empty());
+        assert_eq!(
+            paths.add_session(&k, &relay, session),
+            vec![Action::Bind { relay, to: session }]
+        );
+        assert_eq!(paths.session_at(session), Some((k, relay)));
+        // The next probe round binds again and pings the session; its pong moves the peer
+        // off the relay server.
+        let t1 = t0 + t.peer_relay_after + t.ping_idle;
+        let a = paths.tick(t1, ALL_RELAYS);
+        assert!(a.contains(&Action::Bind { relay, to: session }));
+        let ping = pings(&a)
+            .into_iter()
+            .find(|(to, _)| *to == session)
+            .unwrap();
+        assert_eq!(
+            paths.on_pong(&k, &ping.1, session, t1),
+            Some(Action::SetPath {
+                peer: k,
+                path: Path::PeerRelay(session)
+            })
+        );
+        assert_eq!(paths.view(&k).unwrap().path, Path::PeerRelay(session));
+        // While the session answers, no more allocations; a direct pong still wins.
+        let a = paths.tick(t1 + t.ping_active, ALL_RELAYS);
+        assert_eq!(allocations(&a), 0);
+        let direct: SocketAddr = "192.0.2.5:1".parse().unwrap();
+        let tx = paths.note_ping(&k, direct, t1).unwrap();
+        assert_eq!(
+            paths.on_pong(&k, &tx, direct, t1 + t.ping_active),
+            Some(Action::SetPath {
+                peer: k,
+                path: Path::Direct(direct)
+            })
+        );
+        // The relay leaves the netmap: its sessions are forgotten.
+        paths.sync(&[info(k, Some(900), vec![direct])]);
+        assert_eq!(paths.session_at(session), None);
+    }
+
+    #[test]
+    fn a_ping_from_a_new_address_makes_it_a_candidate() {
+        let mut paths = Paths::new(Timing::default());
+        let k = key(8);
+        let known: SocketAddr = "192.0.2.8:41641".parse().unwrap();
+        paths.sync(&[info(k, Some(900), vec![known])]);
+        let now = Instant::now();
+        let seen: SocketAddr = "203.0.113.80:61000".parse().unwrap();
+        let a = paths.on_ping(&k, seen, now);
+        assert_eq!(
+            pings(&a).iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![seen]
+        );
+        assert!(paths.targets(&k).unwrap().1.contains(&seen));
+        // Known candidates and relay addresses are not added again.
+        assert!(paths.on_ping(&k, seen, now).is_empty());
+        assert!(paths.on_ping(&k, known, now).is_empty());
+        assert!(paths
+            .on_ping(&k, "127.3.3.40:900".parse().unwrap(), now)
+            .is_empty());
+        assert!(paths.on_ping(&key(9), seen, now).is_empty());
     }
 }
