@@ -406,13 +406,40 @@ fn wait_and_up(
             ..up.clone()
         };
         match send_up(&rt, socket, &keyless) {
-            Ok(()) => return Ok(()),
+            // Only a refusal of the registration calls for the key; anything else (the
+            // daemon stopping meanwhile) is for the caller's wait on the daemon to report.
+            Ok(()) => match session_state(&rt, socket) {
+                Ok(state) if state == "needs-login" => eprintln!(
+                    "containerboot: the server no longer accepts the stored registration; \
+                     trying the auth key"
+                ),
+                _ => return Ok(()),
+            },
             Err(e) => eprintln!(
                 "containerboot: up with the stored registration failed ({e:#}); trying the auth key"
             ),
         }
     }
     send_up(&rt, socket, up)
+}
+
+/// How long to wait for a session started on the stored registration to be accepted.
+const SESSION_CHECK: Duration = Duration::from_secs(15);
+
+/// The control session's state once it is settled ("running" or "needs-login"), or the
+/// last state seen after [`SESSION_CHECK`] (the server may be down: the session retries).
+fn session_state(rt: &tokio::runtime::Runtime, socket: &Path) -> Result<String> {
+    let deadline = Instant::now() + SESSION_CHECK;
+    loop {
+        let state = match rt.block_on(api::request(socket, &Request::Status))? {
+            Response::Status(st) => st.control.map(|c| c.state).unwrap_or_default(),
+            other => bail!("status: unexpected answer {other:?}"),
+        };
+        if state == "running" || state == "needs-login" || Instant::now() > deadline {
+            return Ok(state);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn send_up(rt: &tokio::runtime::Runtime, socket: &Path, up: &UpRequest) -> Result<()> {

@@ -431,16 +431,9 @@ impl ControlMode {
             }
             return Ok(None);
         };
-        {
-            let mut running = lock(&self.peer_relay);
-            match running.as_ref() {
-                Some(r) if r.port() == port => {
-                    r.set_key(key);
-                    return Ok(Some(port));
-                }
-                // Another port: the old one closes first.
-                _ => *running = None,
-            }
+        if let Some(r) = lock(&self.peer_relay).as_ref().filter(|r| r.port() == port) {
+            r.set_key(key);
+            return Ok(Some(port));
         }
         let dev = Arc::downgrade(&self.parts.dev);
         let allowed: crate::peer_relay::server::Allowed = Box::new(move |k| {
@@ -451,6 +444,7 @@ impl ControlMode {
             PeerRelayServer::start(port, crate::peer_relay::DEFAULT_SESSIONS, key, allowed)
                 .await
                 .map_err(|e| format!("peer relay on UDP port {port}: {e}"))?;
+        // The old relay (another port) keeps running until the new one listens.
         *lock(&self.peer_relay) = Some(Arc::new(server));
         Ok(Some(port))
     }

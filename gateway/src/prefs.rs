@@ -87,8 +87,12 @@ impl RoutingPrefs {
 
     /// Checks every value; errors name the setting.
     pub fn validate(&self) -> Result<(), String> {
-        if self.peer_relay_port == Some(0) {
-            return Err("peer_relay_port: want a port from 1 to 65535".into());
+        let max = u16::MAX - crate::peer_relay::DEFAULT_SESSIONS;
+        if let Some(p) = self.peer_relay_port.filter(|p| *p == 0 || *p > max) {
+            return Err(format!(
+                "peer_relay_port {p}: want 1 to {max} (its sessions take the {} ports above it)",
+                crate::peer_relay::DEFAULT_SESSIONS
+            ));
         }
         for r in &self.advertise_routes {
             if r.prefix_len() == 0 {

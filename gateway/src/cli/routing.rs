@@ -43,7 +43,8 @@ pub struct SetArgs {
     /// anywhere to --peer-relay-port and the ports of its sessions just above it.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub advertise_peer_relay: Option<bool>,
-    /// UDP port of the peer relay (default 41642); sessions take the 256 ports above it.
+    /// UDP port of the peer relay (default 41642; given alone it turns the relay on);
+    /// sessions take the 256 ports above it.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..65280))]
     pub peer_relay_port: Option<u16>,
     /// Print the resulting preferences as JSON.

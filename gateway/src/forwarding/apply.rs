@@ -35,7 +35,7 @@ pub struct RoutingChange {
     /// Run (or stop) a peer relay for the tailnet.
     #[serde(default)]
     pub advertise_peer_relay: Option<bool>,
-    /// The peer relay's UDP port.
+    /// The peer relay's UDP port (given alone, it also turns the relay on).
     #[serde(default)]
     pub peer_relay_port: Option<u16>,
 }
@@ -63,9 +63,10 @@ impl RoutingChange {
         if let Some(v) = self.exit_node_allow_lan_access {
             p.exit_node_allow_lan_access = v;
         }
+        // A port alone turns the relay on, like Tailscale's --relay-server-port.
         let relay_on = self
             .advertise_peer_relay
-            .unwrap_or(p.peer_relay_port.is_some());
+            .unwrap_or(p.peer_relay_port.is_some() || self.peer_relay_port.is_some());
         p.peer_relay_port = relay_on.then(|| {
             self.peer_relay_port
                 .or(p.peer_relay_port)

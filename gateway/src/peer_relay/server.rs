@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -13,13 +13,16 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use x25519_dalek::StaticSecret;
 
-use super::table::{Allocations, BindOutcome, NodeKey, Session};
+use super::table::{Allocations, BindOutcome, NodeKey, Session, COOKIE_EPOCH_SECS};
 use crate::device::lock;
 use crate::io::udp::WgSocket;
 use crate::traversal::disco::{self, Message};
 
-/// A session with no datagram for this long is closed and its port freed.
+/// A session that forwarded nothing for this long is closed and its port freed.
 pub const SESSION_IDLE: Duration = Duration::from_secs(120);
+/// A session whose two nodes are not both bound this long after it opened (or after it last
+/// forwarded) is closed: the other node is offline or cannot reach the relay.
+pub const UNBOUND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sealed messages opened per second and socket, at most (each costs a key agreement).
 const OPENS_PER_SEC: u32 = 200;
 
@@ -38,6 +41,8 @@ pub struct PeerRelayCounters {
     pub dropped_unbound: AtomicU64,
     /// Datagrams that are no message of ours, do not open, or exceed the open budget.
     pub dropped_junk: AtomicU64,
+    /// Datagrams that could not be sent on (socket errors).
+    pub send_errors: AtomicU64,
     /// Allocations or binds by nodes not in the tailnet, not members, or when full.
     pub refused: AtomicU64,
 }
@@ -57,7 +62,8 @@ pub struct PeerRelayStatus {
     pub forwarded_packets: u64,
     /// Bytes forwarded.
     pub forwarded_bytes: u64,
-    /// Datagrams dropped (partner unbound, junk) or refused.
+    /// Datagrams dropped (partner unbound, junk, send errors) or refused (allocations and
+    /// binds by nodes outside the tailnet or the session, or when every port is in use).
     pub dropped: u64,
 }
 
@@ -71,9 +77,11 @@ struct Inner {
     sessions: Mutex<HashMap<u16, JoinHandle<()>>>,
     counters: PeerRelayCounters,
     idle: Duration,
+    /// Set when the server is dropped: no new session starts.
+    closed: AtomicBool,
 }
 
-/// A running peer relay; dropping it closes every socket.
+/// A running peer relay; dropping it stops its tasks, which close their sockets.
 pub struct PeerRelayServer {
     port: u16,
     inner: Arc<Inner>,
@@ -82,6 +90,7 @@ pub struct PeerRelayServer {
 
 impl Drop for PeerRelayServer {
     fn drop(&mut self) {
+        self.inner.closed.store(true, Relaxed);
         self.task.abort();
         for (_, t) in lock(&self.inner.sessions).drain() {
             t.abort();
@@ -142,6 +151,7 @@ impl PeerRelayServer {
             sessions: Mutex::new(HashMap::new()),
             counters: PeerRelayCounters::default(),
             idle,
+            closed: AtomicBool::new(false),
         });
         let task = tokio::spawn(serve_allocations(inner.clone(), sock));
         log::info!("peer relay listening on UDP port {port} ({sessions} sessions above it)");
@@ -175,12 +185,41 @@ impl PeerRelayServer {
             forwarded_bytes: c.forwarded_bytes.load(Relaxed),
             dropped: c.dropped_unbound.load(Relaxed)
                 + c.dropped_junk.load(Relaxed)
+                + c.send_errors.load(Relaxed)
                 + c.refused.load(Relaxed),
         }
     }
 }
 
 impl Inner {
+    /// Opens a sealed message whose (cleartext) sender passes `wanted`, within `budget`,
+    /// counting what it drops: strangers are refused without costing a key agreement.
+    fn open_from(
+        &self,
+        datagram: &[u8],
+        budget: &mut OpenBudget,
+        wanted: impl Fn(&NodeKey) -> bool,
+    ) -> Option<(NodeKey, Message)> {
+        let c = &self.counters;
+        let Ok(sender) = disco::sender(datagram) else {
+            c.dropped_junk.fetch_add(1, Relaxed);
+            return None;
+        };
+        if !wanted(&sender) {
+            c.refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        let opened = if budget.take(Instant::now()) {
+            self.open(datagram)
+        } else {
+            None
+        };
+        if opened.is_none() {
+            c.dropped_junk.fetch_add(1, Relaxed);
+        }
+        opened
+    }
+
     fn open(&self, datagram: &[u8]) -> Option<(NodeKey, Message)> {
         let key = self.key.read().expect("peer relay key lock");
         disco::open(&key, datagram).ok()
@@ -213,16 +252,15 @@ async fn serve_allocations(inner: Arc<Inner>, sock: WgSocket) {
                 continue;
             }
         };
-        let d = &buf[..n];
-        if !disco::is_disco(d) || !budget.take(Instant::now()) {
-            c.dropped_junk.fetch_add(1, Relaxed);
+        let opened = inner.open_from(&buf[..n], &mut budget, |k| (inner.allowed)(k));
+        let Some((sender, msg)) = opened else {
             continue;
-        }
-        let Some((sender, Message::RelayAllocate { peer })) = inner.open(d) else {
+        };
+        let Message::RelayAllocate { peer } = msg else {
             c.dropped_junk.fetch_add(1, Relaxed);
             continue;
         };
-        if !(inner.allowed)(&sender) || !(inner.allowed)(&peer) {
+        if !(inner.allowed)(&peer) {
             c.refused.fetch_add(1, Relaxed);
             continue;
         }
@@ -263,19 +301,42 @@ async fn session_for(inner: &Arc<Inner>, a: NodeKey, b: NodeKey) -> Option<u16> 
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     let session = Session::new(port, (a, b), secret);
+    let mut sessions = lock(&inner.sessions);
+    if inner.closed.load(Relaxed) {
+        drop(sessions);
+        lock(&inner.allocations).release(port);
+        return None;
+    }
     inner.counters.allocations.fetch_add(1, Relaxed);
     let task = tokio::spawn(serve_session(inner.clone(), sock, port, session));
-    lock(&inner.sessions).insert(port, task);
+    sessions.insert(port, task);
     Some(port)
 }
 
-/// One session's port: binds its two nodes, then forwards between them until idle.
+/// The cookie epoch now (see [`COOKIE_EPOCH_SECS`]).
+fn cookie_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / COOKIE_EPOCH_SECS)
+        .unwrap_or(0)
+}
+
+/// One session's port: binds its two nodes, then forwards between them; closes when it has
+/// forwarded nothing for the idle time, or when its nodes are not both bound within
+/// [`UNBOUND_TIMEOUT`]. Junk never keeps it open.
 async fn serve_session(inner: Arc<Inner>, sock: WgSocket, port: u16, mut session: Session) {
     let mut buf = vec![0u8; 65536];
     let mut budget = OpenBudget::new();
     let c = &inner.counters;
+    let mut active = Instant::now();
     loop {
-        let (n, src) = match tokio::time::timeout(inner.idle, sock.recv_from(&mut buf)).await {
+        let limit = if session.is_complete() {
+            inner.idle
+        } else {
+            UNBOUND_TIMEOUT.min(inner.idle)
+        };
+        let left = limit.saturating_sub(active.elapsed());
+        let (n, src) = match tokio::time::timeout(left, sock.recv_from(&mut buf)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 log::warn!("peer relay: session port {port}: {e}");
@@ -285,29 +346,37 @@ async fn serve_session(inner: Arc<Inner>, sock: WgSocket, port: u16, mut session
         };
         let d = &buf[..n];
         match session.forward(src) {
-            Ok(to) => {
-                if sock.send_to(d, to).await.is_ok() {
+            Ok(to) => match sock.send_to(d, to).await {
+                Ok(_) => {
+                    active = Instant::now();
                     c.forwarded_packets.fetch_add(1, Relaxed);
                     c.forwarded_bytes.fetch_add(n as u64, Relaxed);
                 }
-            }
+                Err(_) => {
+                    c.send_errors.fetch_add(1, Relaxed);
+                }
+            },
             Err(true) => {
                 c.dropped_unbound.fetch_add(1, Relaxed);
             }
             Err(false) => {
-                if !disco::is_disco(d) || !budget.take(Instant::now()) {
-                    c.dropped_junk.fetch_add(1, Relaxed);
+                let opened = inner.open_from(d, &mut budget, |k| session.is_member(k));
+                let Some((sender, msg)) = opened else {
                     continue;
-                }
-                let Some((sender, Message::RelayBind { cookie })) = inner.open(d) else {
+                };
+                let Message::RelayBind { cookie } = msg else {
                     c.dropped_junk.fetch_add(1, Relaxed);
                     continue;
                 };
-                let answer = match session.bind(&sender, src, cookie) {
+                let was_complete = session.is_complete();
+                let answer = match session.bind(&sender, src, cookie, cookie_epoch()) {
                     BindOutcome::Challenge(cookie) => Message::RelayChallenge { cookie },
                     BindOutcome::Bound => {
                         c.binds.fetch_add(1, Relaxed);
                         log::debug!("peer relay: session {port}: bound {src}");
+                        if !was_complete && session.is_complete() {
+                            active = Instant::now();
+                        }
                         Message::RelayBound
                     }
                     BindOutcome::NotMember => {
@@ -319,7 +388,8 @@ async fn serve_session(inner: Arc<Inner>, sock: WgSocket, port: u16, mut session
             }
         }
     }
-    lock(&inner.allocations).release(port);
     lock(&inner.sessions).remove(&port);
+    drop(sock);
+    lock(&inner.allocations).release(port);
     log::debug!("peer relay: session {port} closed");
 }

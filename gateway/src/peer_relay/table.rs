@@ -97,10 +97,15 @@ impl Allocations {
     }
 }
 
+/// How long a cookie is good for: it names the minute it was made in, and the current and
+/// the previous minute are accepted, so a captured bind replays for two minutes at most.
+pub const COOKIE_EPOCH_SECS: u64 = 60;
+
 /// What a bind message leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindOutcome {
-    /// Answer with this cookie (the bind came without one, or with a stale one).
+    /// Answer with this cookie (the bind came without one, with an expired one, or with one
+    /// for another address).
     Challenge(Cookie),
     /// The sender is now bound at the address.
     Bound,
@@ -140,12 +145,14 @@ impl Session {
         self.bound[1 - side].ok_or(true)
     }
 
-    /// The cookie proving that `key` binds from `addr`.
-    pub fn cookie(&self, key: &NodeKey, addr: SocketAddr) -> Cookie {
+    /// The cookie proving that `key` binds from `addr`, made in cookie epoch `epoch`
+    /// (Unix time / [`COOKIE_EPOCH_SECS`]).
+    pub fn cookie(&self, key: &NodeKey, addr: SocketAddr, epoch: u64) -> Cookie {
         let addr = addr.to_string();
         let h = hash(&[
             b"tailgate peer relay bind",
             &self.secret,
+            &epoch.to_be_bytes(),
             &self.port.to_be_bytes(),
             key,
             addr.as_bytes(),
@@ -155,19 +162,38 @@ impl Session {
         c
     }
 
-    /// A bind from node `key` at `addr`: a challenge unless the cookie proves the address.
-    /// A node binding again (its NAT mapping changed) replaces its old address.
-    pub fn bind(&mut self, key: &NodeKey, addr: SocketAddr, cookie: Option<Cookie>) -> BindOutcome {
+    /// Whether `key` is one of the session's two nodes.
+    pub fn is_member(&self, key: &NodeKey) -> bool {
+        self.members.contains(key)
+    }
+
+    /// A bind from node `key` at `addr` in cookie epoch `epoch`: a challenge unless the
+    /// cookie proves the address (made this epoch or the one before). A node binding again
+    /// (its NAT mapping changed) replaces its old address.
+    pub fn bind(
+        &mut self,
+        key: &NodeKey,
+        addr: SocketAddr,
+        cookie: Option<Cookie>,
+        epoch: u64,
+    ) -> BindOutcome {
         let Some(side) = self.members.iter().position(|m| m == key) else {
             return BindOutcome::NotMember;
         };
-        let expected = self.cookie(key, addr);
-        // Constant-time enough: the cookie is a MAC and a mismatch only yields a challenge.
-        if cookie != Some(expected) {
-            return BindOutcome::Challenge(expected);
+        let fresh = self.cookie(key, addr, epoch);
+        // A mismatch only yields a challenge, so a timing difference tells nothing useful.
+        let valid = cookie
+            .is_some_and(|c| c == fresh || (epoch > 0 && c == self.cookie(key, addr, epoch - 1)));
+        if !valid {
+            return BindOutcome::Challenge(fresh);
         }
         self.bound[side] = Some(addr);
         BindOutcome::Bound
+    }
+
+    /// Whether both nodes are bound.
+    pub fn is_complete(&self) -> bool {
+        self.bound.iter().all(Option::is_some)
     }
 
     /// The two nodes' bound addresses.
@@ -213,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn binding_needs_the_cookie_of_the_same_address_and_key() {
+    fn binding_needs_a_fresh_cookie_of_the_same_address_and_key() {
         let (ka, kb, kc) = ([1; 32], [2; 32], [3; 32]);
         let mut s = Session::new(41643, (ka, kb), [9; 32]);
         let (a1, a2, b1) = (
@@ -221,34 +247,37 @@ mod tests {
             addr("192.0.2.1:1001"),
             addr("[2001:db8::2]:7"),
         );
-        assert_eq!(s.bind(&kc, a1, None), BindOutcome::NotMember);
-        let BindOutcome::Challenge(c) = s.bind(&ka, a1, None) else {
+        let e = 29_000_000;
+        let challenged = |o: BindOutcome| matches!(o, BindOutcome::Challenge(_));
+        assert!(!s.is_member(&kc));
+        assert_eq!(s.bind(&kc, a1, None, e), BindOutcome::NotMember);
+        let BindOutcome::Challenge(c) = s.bind(&ka, a1, None, e) else {
             panic!("want a challenge")
         };
-        // The cookie is for that address and key only.
-        assert!(matches!(
-            s.bind(&ka, a2, Some(c)),
-            BindOutcome::Challenge(_)
-        ));
-        assert!(matches!(
-            s.bind(&kb, a1, Some(c)),
-            BindOutcome::Challenge(_)
-        ));
+        // The cookie is for that address and key only, and for this epoch and the next.
+        assert!(challenged(s.bind(&ka, a2, Some(c), e)));
+        assert!(challenged(s.bind(&kb, a1, Some(c), e)));
+        assert!(
+            challenged(s.bind(&ka, a1, Some(c), e + 2)),
+            "a replay after two epochs"
+        );
         assert_eq!(s.forward(a1), Err(false));
-        assert_eq!(s.bind(&ka, a1, Some(c)), BindOutcome::Bound);
+        assert!(!s.is_complete());
+        assert_eq!(s.bind(&ka, a1, Some(c), e + 1), BindOutcome::Bound);
         assert_eq!(s.forward(a1), Err(true), "b is not bound yet");
-        let cb = s.cookie(&kb, b1);
-        assert_eq!(s.bind(&kb, b1, Some(cb)), BindOutcome::Bound);
+        let cb = s.cookie(&kb, b1, e);
+        assert_eq!(s.bind(&kb, b1, Some(cb), e), BindOutcome::Bound);
+        assert!(s.is_complete());
         assert_eq!(s.forward(a1), Ok(b1));
         assert_eq!(s.forward(b1), Ok(a1));
         assert_eq!(s.forward(a2), Err(false), "strangers are not forwarded");
         // a's NAT mapping changes: it binds again and replaces its old address.
-        let c2 = s.cookie(&ka, a2);
-        assert_eq!(s.bind(&ka, a2, Some(c2)), BindOutcome::Bound);
+        let c2 = s.cookie(&ka, a2, e);
+        assert_eq!(s.bind(&ka, a2, Some(c2), e), BindOutcome::Bound);
         assert_eq!(s.forward(b1), Ok(a2));
         assert_eq!(s.forward(a1), Err(false));
         // Another relay (another secret) makes other cookies.
         let other = Session::new(41643, (ka, kb), [8; 32]);
-        assert_ne!(other.cookie(&ka, a1), s.cookie(&ka, a1));
+        assert_ne!(other.cookie(&ka, a1, e), s.cookie(&ka, a1, e));
     }
 }

@@ -139,7 +139,13 @@ async fn two_nodes_meet_through_a_session_and_nobody_else_gets_in() {
         b.recv().await.is_none(),
         "nothing from the outsider reached b"
     );
+    // Its own sealed bind is refused before any key agreement: it is not a member.
+    outsider
+        .send(sa, &relay_pub, &Message::RelayBind { cookie: None })
+        .await;
+    assert!(outsider.recv().await.is_none());
     let c = server.counters();
+    assert_eq!(c.refused.load(Relaxed), 2);
     assert_eq!(c.dropped_junk.load(Relaxed), 2);
     assert_eq!(c.forwarded_packets.load(Relaxed), 2);
 }
@@ -159,12 +165,17 @@ async fn an_idle_session_closes_and_frees_its_port() {
     .await
     .unwrap();
     let relay_addr: SocketAddr = ([127, 0, 0, 1], server.port()).into();
-    a.join(relay_addr, &relay_pub, &b.public).await;
+    let session = a.join(relay_addr, &relay_pub, &b.public).await;
     assert_eq!(server.status().sessions, 1);
+    // b never binds; datagrams that are not forwarded (a's, junk) do not keep it open.
     for _ in 0..40 {
         if server.status().sessions == 0 {
             break;
         }
+        a.sock
+            .send_to(b"\x04\0\0\0 unbound", session)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(server.status().sessions, 0, "the idle session was closed");

@@ -88,6 +88,7 @@ impl PathManager {
 
     /// Uses a new node key (rotation).
     pub fn set_key(&self, key: StaticSecret) {
+        lock(&self.paths).forget_sessions();
         *self.key.write().expect("disco key lock") = key.clone();
         self.relay.set_key(key);
     }
@@ -395,7 +396,8 @@ impl PathManager {
                 }
                 let peer = Key::from_bytes(peer);
                 let session = SocketAddr::new(src.ip(), port);
-                let actions = lock(&self.paths).add_session(&peer, &sender, session);
+                let actions =
+                    lock(&self.paths).add_session(&peer, &sender, session, Instant::now());
                 if actions.is_empty() {
                     return false;
                 }
@@ -414,7 +416,12 @@ impl PathManager {
                 true
             }
             (Message::CallMeMaybeVia { relay, addr }, _) => {
-                let actions = lock(&self.paths).add_session(&sender, &Key::from_bytes(relay), addr);
+                let actions = lock(&self.paths).add_session(
+                    &sender,
+                    &Key::from_bytes(relay),
+                    addr,
+                    Instant::now(),
+                );
                 let known = !actions.is_empty();
                 for a in actions {
                     self.act(a).await;

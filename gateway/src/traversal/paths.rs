@@ -148,9 +148,9 @@ pub enum Action {
     },
 }
 
-/// A confirmed direct address.
+/// An address that answered pings: a direct path, or a peer relay session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Direct {
+struct Confirmed {
     addr: SocketAddr,
     latency: Duration,
     last_pong: Instant,
@@ -158,12 +158,21 @@ struct Direct {
 
 /// Most peer relay sessions remembered per peer.
 const MAX_SESSIONS: usize = 4;
+/// A session that has not answered a ping for this long is forgotten (the peer went away,
+/// or the relay closed it); the relay closes it on its side too.
+const SESSION_SILENCE: Duration = Duration::from_secs(30);
+/// Longest wait between allocations for a peer while none has answered.
+const MAX_ALLOCATE_BACKOFF: Duration = Duration::from_secs(120);
+/// Most addresses learned from pings remembered per peer.
+const MAX_LEARNED: usize = 4;
 
 /// A peer relay session toward a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Session {
     addr: SocketAddr,
     relay: Key,
+    /// When it was added, or last answered a ping.
+    alive: Instant,
 }
 
 /// One peer's path state.
@@ -172,15 +181,19 @@ struct PeerPath {
     region: Option<u32>,
     netmap_endpoints: Vec<SocketAddr>,
     offered: Vec<SocketAddr>,
+    /// Addresses the peer's pings came from (newest last).
+    learned: Vec<SocketAddr>,
     pings: HashMap<TxId, (SocketAddr, Instant)>,
-    direct: Option<Direct>,
+    direct: Option<Confirmed>,
     /// Peer relay sessions, newest last.
     sessions: Vec<Session>,
     /// The session that answered pings.
-    via: Option<Direct>,
+    via: Option<Confirmed>,
     /// Since when there has been no trusted direct path.
     no_direct_since: Option<Instant>,
     last_allocate: Option<Instant>,
+    /// Wait before the next allocation; doubles while none answers.
+    allocate_backoff: Duration,
     current: Path,
     last_probe: Option<Instant>,
     last_active_ping: Option<Instant>,
@@ -193,12 +206,14 @@ impl PeerPath {
             region,
             netmap_endpoints: endpoints,
             offered: Vec::new(),
+            learned: Vec::new(),
             pings: HashMap::new(),
             direct: None,
             sessions: Vec::new(),
             via: None,
             no_direct_since: None,
             last_allocate: None,
+            allocate_backoff: Duration::ZERO,
             current: Path::None,
             last_probe: None,
             last_active_ping: None,
@@ -208,7 +223,12 @@ impl PeerPath {
 
     fn candidates(&self) -> Vec<SocketAddr> {
         let mut c: Vec<SocketAddr> = Vec::new();
-        for a in self.netmap_endpoints.iter().chain(&self.offered) {
+        for a in self
+            .netmap_endpoints
+            .iter()
+            .chain(&self.offered)
+            .chain(&self.learned)
+        {
             if region_of(*a).is_none() && !c.contains(a) {
                 c.push(*a);
             }
@@ -216,7 +236,7 @@ impl PeerPath {
         c
     }
 
-    fn trusted(&self, now: Instant, t: &Timing) -> Option<Direct> {
+    fn trusted(&self, now: Instant, t: &Timing) -> Option<Confirmed> {
         self.direct
             .filter(|d| now.saturating_duration_since(d.last_pong) < t.trust)
     }
@@ -228,7 +248,7 @@ impl PeerPath {
         Action::Ping { peer, to, tx }
     }
 
-    fn trusted_via(&self, now: Instant, t: &Timing) -> Option<Direct> {
+    fn trusted_via(&self, now: Instant, t: &Timing) -> Option<Confirmed> {
         self.via
             .filter(|d| now.saturating_duration_since(d.last_pong) < t.trust)
     }
@@ -303,11 +323,8 @@ impl Paths {
             p.region = info.region;
             p.netmap_endpoints = info.endpoints.clone();
             let relays = &self.relays;
-            p.sessions.retain(|s| {
-                relays
-                    .iter()
-                    .any(|(k, a)| *k == s.relay && a.ip() == s.addr.ip())
-            });
+            p.sessions
+                .retain(|s| relays.iter().any(|(k, _)| *k == s.relay));
             if p.via.is_some_and(|v| p.session(v.addr).is_none()) {
                 p.via = None;
             }
@@ -340,23 +357,55 @@ impl Paths {
             .find_map(|(k, p)| p.session(addr).map(|s| (*k, s.relay)))
     }
 
+    /// Whether `addr` is a session port of a peer relay (its IP, a port in the session
+    /// range above its allocation port).
+    fn is_session_port(&self, addr: SocketAddr) -> bool {
+        self.relays.iter().any(|(_, a)| {
+            let first = u32::from(a.port()) + 1;
+            let last = u32::from(a.port()) + u32::from(crate::peer_relay::DEFAULT_SESSIONS);
+            a.ip() == addr.ip() && (first..=last).contains(&u32::from(addr.port()))
+        })
+    }
+
+    /// Forgets every peer relay session (our key changed: the relays know us by the old one).
+    pub fn forget_sessions(&mut self) {
+        for p in self.peers.values_mut() {
+            p.sessions.clear();
+            p.via = None;
+        }
+    }
+
     /// A session with `peer` at `addr` on the peer relay `relay` (allocated by us, or offered
-    /// by the peer): remembered, and bound at once. Sessions at unknown relays, or at an
-    /// address that is not the relay's, are refused.
-    pub fn add_session(&mut self, peer: &Key, relay: &Key, addr: SocketAddr) -> Vec<Action> {
-        let known = self
-            .relay_addr(relay)
-            .is_some_and(|a| a.ip() == addr.ip() && relay != peer);
+    /// by the peer) at `now`: remembered, and bound at once. Sessions at unknown relays, or
+    /// at an address that is not one of the relay's session ports, are refused. The session
+    /// in use is never pushed out by a new one.
+    pub fn add_session(
+        &mut self,
+        peer: &Key,
+        relay: &Key,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> Vec<Action> {
+        let known = relay != peer
+            && self.relay_addr(relay).is_some_and(|a| a.ip() == addr.ip())
+            && self.is_session_port(addr);
         let Some(p) = self.peers.get_mut(peer).filter(|_| known) else {
             return Vec::new();
         };
         if p.session(addr).is_none() {
             if p.sessions.len() >= MAX_SESSIONS {
-                p.sessions.remove(0);
+                let via = p.via.map(|v| v.addr);
+                match p.sessions.iter().position(|s| Some(s.addr) != via) {
+                    Some(i) => {
+                        p.sessions.remove(i);
+                    }
+                    None => return Vec::new(),
+                }
             }
             p.sessions.push(Session {
                 addr,
                 relay: *relay,
+                alive: now,
             });
         }
         vec![Action::Bind {
@@ -377,6 +426,11 @@ impl Paths {
         for (key, p) in self.peers.iter_mut() {
             p.pings
                 .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < t.ping_timeout);
+            p.sessions
+                .retain(|s| now.saturating_duration_since(s.alive) < SESSION_SILENCE);
+            if p.via.is_some_and(|v| p.session(v.addr).is_none()) {
+                p.via = None;
+            }
             let desired = p.desired(now, &t, relay_ok);
             if desired != p.current {
                 p.current = desired;
@@ -421,9 +475,12 @@ impl Paths {
                     if let Some((relay, to)) = relay {
                         if via.is_none()
                             && now.saturating_duration_since(since) >= t.peer_relay_after
-                            && due(p.last_allocate, t.call_me_maybe)
+                            && due(p.last_allocate, p.allocate_backoff)
                         {
+                            // Backs off while no session answers (an offline peer).
                             p.last_allocate = Some(now);
+                            p.allocate_backoff = (p.allocate_backoff * 2)
+                                .clamp(t.call_me_maybe, MAX_ALLOCATE_BACKOFF);
                             out.push(Action::Allocate {
                                 peer: *key,
                                 relay,
@@ -458,8 +515,10 @@ impl Paths {
             return None;
         }
         let latency = now.saturating_duration_since(sent);
-        if p.session(from).is_some() {
-            p.via = Some(Direct {
+        if let Some(s) = p.sessions.iter_mut().find(|s| s.addr == from) {
+            s.alive = now;
+            p.allocate_backoff = Duration::ZERO;
+            p.via = Some(Confirmed {
                 addr: from,
                 latency,
                 last_pong: now,
@@ -479,7 +538,7 @@ impl Paths {
             }
         };
         if better {
-            p.direct = Some(Direct {
+            p.direct = Some(Confirmed {
                 addr: from,
                 latency,
                 last_pong: now,
@@ -510,17 +569,19 @@ impl Paths {
     /// mapping toward us, useless to anyone else). Unless it is a peer relay session or
     /// already a candidate, it becomes one and is pinged now when there is no direct path.
     pub fn on_ping(&mut self, peer: &Key, from: SocketAddr, now: Instant) -> Vec<Action> {
+        if region_of(from).is_some() || self.is_session_port(from) {
+            return Vec::new();
+        }
         let Some(p) = self.peers.get_mut(peer) else {
             return Vec::new();
         };
-        if region_of(from).is_some() || p.session(from).is_some() || p.candidates().contains(&from)
-        {
+        if p.candidates().contains(&from) {
             return Vec::new();
         }
-        if p.offered.len() >= super::disco::MAX_ENDPOINTS {
-            p.offered.remove(0);
+        if p.learned.len() >= MAX_LEARNED {
+            p.learned.remove(0);
         }
-        p.offered.push(from);
+        p.learned.push(from);
         if p.trusted(now, &self.timing).is_some() {
             return Vec::new();
         }
@@ -709,11 +770,17 @@ mod tests {
             .all(|x| !matches!(x, Action::Allocate { peer, .. } if *peer == relay)));
         let session: SocketAddr = "198.51.100.9:41643".parse().unwrap();
         assert!(paths
-            .add_session(&k, &relay, "203.0.113.1:41643".parse().unwrap())
+            .add_session(&k, &relay, "203.0.113.1:41643".parse().unwrap(), t0)
             .is_empty());
-        assert!(paths.add_session(&k, &key(7), session).is_empty());
+        assert!(paths.add_session(&k, &key(7), session, t0).is_empty());
+        assert!(
+            paths
+                .add_session(&k, &relay, "198.51.100.9:41641".parse().unwrap(), t0)
+                .is_empty(),
+            "not a session port"
+        );
         assert_eq!(
-            paths.add_session(&k, &relay, session),
+            paths.add_session(&k, &relay, session, t0),
             vec![Action::Bind { relay, to: session }]
         );
         assert_eq!(paths.session_at(session), Some((k, relay)));
