@@ -21,6 +21,7 @@
 //! | [`FWD_CT_REPLY_MAP`] | LRU hash | [`CtReplyKey`] | [`CtReplyVal`] |
 //! | [`TUN_COUNTERS_MAP`] | per-CPU array | [`TunCounter`] index | `u64` |
 //! | [`LAN_COUNTERS_MAP`] | per-CPU array | [`LanCounter`] index | `u64` |
+//! | [`LAN_XSK_MAP`] | XSK map | receive queue index `u32` | AF_XDP socket |
 
 /// Name of the XDP program for the TUN device.
 pub const TUN_FORWARD_PROGRAM: &str = "tun_forward";
@@ -35,6 +36,11 @@ pub const FWD_CT_ORIG_MAP: &str = "FWD_CT_ORIG";
 pub const FWD_CT_REPLY_MAP: &str = "FWD_CT_REPLY";
 pub const TUN_COUNTERS_MAP: &str = "TUN_FWD_COUNTERS";
 pub const LAN_COUNTERS_MAP: &str = "LAN_RET_COUNTERS";
+/// AF_XDP sockets `lan_return` hands returned packets to, keyed by receive queue index.
+pub const LAN_XSK_MAP: &str = "LAN_XSKS";
+
+/// `max_entries` of [`LAN_XSK_MAP`]: receive queues 0 up to this (exclusive) can have a socket.
+pub const LAN_XSK_MAX: u32 = 64;
 
 /// `max_entries` of the egress-interface map.
 pub const FWD_EGRESS_MAX: u32 = 64;
@@ -141,8 +147,20 @@ impl FwdConfig {
 pub struct FwdEgress {
     /// The router's IPv4 address on this interface: the SNAT source.
     pub snat_v4: [u8; 4],
-    /// Reserved, zero.
+    /// `EGRESS_FLAG_*` bits (big-endian); other bits reserved, zero.
     pub flags: [u8; 4],
+}
+
+/// [`FwdEgress::flags`]: AF_XDP sockets in [`LAN_XSK_MAP`] belong to this interface, so
+/// `lan_return` running on it redirects returned packets to the socket of their receive queue
+/// (when one is registered) instead of passing them to the kernel.
+pub const EGRESS_FLAG_XSK: u32 = 1 << 0;
+
+impl FwdEgress {
+    /// Whether `flag` (an `EGRESS_FLAG_*` bit) is set.
+    pub const fn has_flag(&self, flag: u32) -> bool {
+        u32::from_be_bytes(self.flags) & flag != 0
+    }
 }
 
 /// Value of [`FWD_ADV_V4_MAP`] (an advertised IPv4 subnet route).
@@ -474,10 +492,13 @@ pub enum LanCounter {
     /// ICMP error (unreachable, time exceeded, fragmentation needed, parameter problem) about a
     /// packet of a tracked connection: translated for the client (IPv4 or ICMPv6) and passed.
     ReturnedIcmpError = 8,
+    /// A returned packet (any of the `Returned*` counters, which count it as well) redirected
+    /// to the AF_XDP socket of its receive queue instead of being passed to the kernel.
+    RedirectedXsk = 9,
 }
 
 impl LanCounter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     pub const ALL: [LanCounter; Self::COUNT as usize] = [
         LanCounter::ReturnedV4,
@@ -489,6 +510,7 @@ impl LanCounter {
         LanCounter::DropTooBig,
         LanCounter::DropError,
         LanCounter::ReturnedIcmpError,
+        LanCounter::RedirectedXsk,
     ];
 
     pub const fn index(self) -> u32 {
@@ -515,6 +537,7 @@ impl LanCounter {
             LanCounter::DropTooBig => "dropped_too_big",
             LanCounter::DropError => "dropped_error",
             LanCounter::ReturnedIcmpError => "returned_icmp_error",
+            LanCounter::RedirectedXsk => "redirected_xsk",
         }
     }
 }

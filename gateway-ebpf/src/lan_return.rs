@@ -16,12 +16,12 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_tail,
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use gateway_common::forward::{
-    CtOrigKey, CtState, FwdConfig, FwdEgress, LanCounter, CT_FLAG_VIA6, FWD_FLAG_ENABLED,
-    PROTO_ICMP, PROTO_ICMPV6,
+    CtOrigKey, CtState, FwdConfig, FwdEgress, LanCounter, CT_FLAG_VIA6, EGRESS_FLAG_XSK,
+    FWD_FLAG_ENABLED, LAN_XSK_MAX, PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use crate::fwd::{
@@ -34,6 +34,11 @@ use crate::helpers::{ETH_P_8021AD, ETH_P_8021Q};
 
 #[map]
 static LAN_RET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LanCounter::COUNT, 0);
+
+/// AF_XDP sockets by receive queue index, for the LAN interface whose egress entry has
+/// `EGRESS_FLAG_XSK`.
+#[map]
+static LAN_XSKS: XskMap = XskMap::with_max_entries(LAN_XSK_MAX, 0);
 
 const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
@@ -57,15 +62,62 @@ pub fn lan_return(ctx: XdpContext) -> u32 {
     } else {
         flow_return(&ctx, cfg)
     };
-    count_index(v >> 8);
-    v & 0xff
+    let (action, counter) = (v & 0xff, (v >> 8) & 0xff);
+    count_index(counter);
+    if action == PASS && v & KERNEL_ONLY == 0 && is_returned(counter) {
+        return to_socket(&ctx);
+    }
+    action
+}
+
+/// Whether a counter index is one of the verdicts that hand a packet to the tunnel path.
+#[inline(always)]
+fn is_returned(counter: u32) -> bool {
+    counter == LanCounter::ReturnedV4.index()
+        || counter == LanCounter::ReturnedVia6.index()
+        || counter == LanCounter::ReturnedIcmpError.index()
+}
+
+/// Redirects a returned packet to the AF_XDP socket of its receive queue when the interface it
+/// arrived on owns the sockets and one is registered for that queue; otherwise the kernel
+/// takes it (`XDP_PASS`), as without sockets.
+#[inline(always)]
+fn to_socket(ctx: &XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` points to this invocation's `xdp_md`.
+    let (ingress, queue) = unsafe { ((*ctx.ctx).ingress_ifindex, (*ctx.ctx).rx_queue_index) };
+    match egress(ingress) {
+        Some(eg) if eg.has_flag(EGRESS_FLAG_XSK) => {}
+        _ => return PASS,
+    }
+    match LAN_XSKS.redirect(queue, u64::from(PASS)) {
+        Ok(action) => {
+            count_index(LanCounter::RedirectedXsk.index());
+            action
+        }
+        Err(_) => PASS,
+    }
 }
 
 /// Action and counter index in one register (non-inlined BPF functions cannot return a
-/// struct).
+/// struct), plus [`KERNEL_ONLY`].
 #[inline(always)]
 fn pack(v: (u32, LanCounter)) -> u32 {
     v.0 | (v.1.index() << 8)
+}
+
+/// Bit in the action of a returned packet that only the kernel can finish: its transport
+/// checksum is partial (local sender, GRO), which the kernel completes on the way into the TUN
+/// but nothing completes for an AF_XDP socket, so it is never redirected to one.
+const KERNEL_ONLY: u32 = 1 << 24;
+
+/// `v` with [`KERNEL_ONLY`] set when `partial`.
+#[inline(always)]
+fn kernel_only_if(v: (u32, LanCounter), partial: bool) -> (u32, LanCounter) {
+    if partial {
+        (v.0 | KERNEL_ONLY, v.1)
+    } else {
+        v
+    }
 }
 
 #[inline(never)]
@@ -185,7 +237,7 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
         }
         // SAFETY: as above.
         let (client, cport) = unsafe { ((*rv).orig.src, (*rv).orig.sport) };
-        return_v4(
+        let v = return_v4(
             ctx,
             &ip,
             &l4,
@@ -193,7 +245,8 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
             [client[0], client[1], client[2], client[3]],
             cport,
             partial,
-        )
+        );
+        kernel_only_if(v, partial)
     } else {
         if ihl != 20 {
             // IPv4 options have no IPv6 equivalent here.
@@ -207,7 +260,7 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
             }
             return (DROP, LanCounter::DropTooBig);
         }
-        return_via6(ctx, &eth, &ip, &l4, orig, partial)
+        kernel_only_if(return_via6(ctx, &eth, &ip, &l4, orig, partial), partial)
     }
 }
 

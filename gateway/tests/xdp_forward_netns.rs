@@ -23,6 +23,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use tailgate::afxdp::{strip_ethernet, XdpSocket, XdpSocketConfig};
 use tailgate::nat::checksum as ck;
 use tailgate::nat::translate::{self, Addressing};
 use tailgate::nat::via6::{via_addr, SiteId};
@@ -751,4 +752,149 @@ fn snat_off_keeps_tailnet_source_and_detaches() {
             "program {id} still loaded after drop"
         );
     }
+}
+
+/// Turns transmit checksum offload of the LAN host's veth on or off.
+fn lan_tx_checksum_offload(ns: &str, on: bool) {
+    let state = if on { "on" } else { "off" };
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-K", "lanh", "tx", state])
+        .output()
+        .expect("running ethtool");
+    assert!(
+        out.status.success(),
+        "ethtool -K lanh tx {state}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits (bounded) for one frame on the AF_XDP socket and returns the IP packet inside it.
+fn xsk_next_packet(xsk: &mut XdpSocket, timeout: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    for _ in 0..10_000 {
+        let mut got = None;
+        xsk.recv_batch(|frame| {
+            if got.is_none() {
+                got = strip_ethernet(frame).map(<[u8]>::to_vec);
+            }
+        })
+        .expect("AF_XDP receive");
+        if got.is_some() {
+            return got;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        xsk.poll(left.min(Duration::from_millis(100)))
+            .expect("AF_XDP poll");
+    }
+    None
+}
+
+#[test]
+fn snat_udp_replies_to_an_af_xdp_socket() {
+    skip_unless_able!();
+    let lab = Lab::new("xsk");
+    let (rx, service) = lan_udp_echo(&lab, 7);
+    let router = lab.router.clone();
+    let lan_ns = lab.lan.clone();
+    let (c_socket, c_partial, c_after, peers) = join(in_ns(&router, move || {
+        let (tun, mut fwd) = router_setup(true);
+        let client = IpAddr::V4(CLIENT4);
+        let host = IpAddr::V4(HOST);
+
+        // 1. No socket: the reply goes to the kernel, which routes it into the TUN.
+        tun.write(&udp(client, host, 42_000, 5353, b"kernel"));
+        let r = tun
+            .read_matching(Duration::from_secs(5), |p| {
+                is_udp_reply_to(p, client, 42_000)
+            })
+            .expect("reply through the kernel");
+        assert_checksums(&r);
+
+        // 2. A socket on lan0's queue 0: de-NATed replies arrive on it, not in the TUN. The
+        //    LAN host computes its checksums itself (as a host on a real LAN does): a local
+        //    sender's partial checksums are left to the kernel (step 3).
+        lan_tx_checksum_offload(&lan_ns, false);
+        let lan0 = std::ffi::CString::new("lan0").unwrap();
+        // SAFETY: NUL-terminated interface name.
+        let ifindex = unsafe { libc::if_nametoindex(lan0.as_ptr()) };
+        assert_ne!(ifindex, 0, "lan0 ifindex");
+        let mut xsk = XdpSocket::bind(ifindex, 0, XdpSocketConfig::default())
+            .expect("AF_XDP socket on lan0 queue 0");
+        fwd.register_xsk(&xsk).expect("register the socket");
+        assert_eq!(
+            fwd.xsk_registrations(),
+            Some(("lan0", vec![0])),
+            "registration"
+        );
+        let c0 = counters(&fwd);
+        for i in 0..4u16 {
+            let payload = format!("xsk{i}");
+            let cport = 42_100 + i;
+            tun.write(&udp(client, host, cport, 5353, payload.as_bytes()));
+            let p = xsk_next_packet(&mut xsk, Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("reply {i} on the AF_XDP socket"));
+            assert_checksums(&p);
+            let t = flow(&p).expect("a UDP packet");
+            assert_eq!(t.src, host, "source: the LAN host");
+            assert_eq!(t.dst, client, "destination: the tailnet client");
+            assert_eq!((t.sport, t.dport), (5353, cport));
+            assert_eq!(p[8], 64, "TTL untouched: the kernel did not forward it");
+            assert_eq!(&p[28..], format!("re:{payload}").as_bytes());
+        }
+        assert!(
+            tun.read_matching(Duration::from_millis(300), |p| {
+                is_udp_reply_to(p, client, 42_100)
+            })
+            .is_none(),
+            "a reply handed to the socket also reached the TUN"
+        );
+        let c_socket = counters(&fwd).delta(&c0);
+
+        // 3. A reply with a partial checksum (checksum offload on the LAN host's veth): only
+        //    the kernel completes it, so it goes into the TUN despite the socket.
+        lan_tx_checksum_offload(&lan_ns, true);
+        let c1 = counters(&fwd);
+        tun.write(&udp(client, host, 42_150, 5353, b"partial"));
+        let r = tun
+            .read_matching(Duration::from_secs(5), |p| {
+                is_udp_reply_to(p, client, 42_150)
+            })
+            .expect("partial-checksum reply through the kernel");
+        assert_checksums(&r);
+        let c_partial = counters(&fwd).delta(&c1);
+
+        // 4. Socket unregistered: replies go to the kernel again.
+        fwd.unregister_xsk(0).expect("unregister");
+        assert_eq!(fwd.xsk_registrations(), None);
+        let c1 = counters(&fwd);
+        tun.write(&udp(client, host, 42_200, 5353, b"back"));
+        let r = tun
+            .read_matching(Duration::from_secs(5), |p| {
+                is_udp_reply_to(p, client, 42_200)
+            })
+            .expect("reply through the kernel after unregistering");
+        assert_checksums(&r);
+        let c_after = counters(&fwd).delta(&c1);
+        let stats = xsk.stats().expect("socket statistics");
+        assert_eq!(stats.rx_invalid_descs, 0, "{stats:?}");
+        drop(xsk);
+        drop(fwd);
+        let mut peers = Vec::new();
+        while let Ok(p) = rx.recv_timeout(Duration::from_millis(200)) {
+            peers.push(p);
+        }
+        (c_socket, c_partial, c_after, peers)
+    }));
+    join(service);
+    assert_eq!(peers.len(), 7, "{peers:?}");
+    assert_eq!(c_partial.lan.redirected_xsk, 0, "{c_partial:?}");
+    assert_eq!(c_partial.lan.returned_v4, 1, "{c_partial:?}");
+    eprintln!("with the socket: lan {:?}", c_socket.lan);
+    assert_eq!(c_socket.lan.redirected_xsk, 4, "{c_socket:?}");
+    assert_eq!(c_socket.lan.returned_v4, 4, "{c_socket:?}");
+    assert_eq!(c_after.lan.redirected_xsk, 0, "{c_after:?}");
+    assert_eq!(c_after.lan.returned_v4, 1, "{c_after:?}");
 }

@@ -24,6 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use tailgate::afxdp::{XdpSocket, XdpSocketConfig};
 use tailgate::nat::checksum as ck;
 use tailgate::nat::conntrack::ConnConfig;
 use tailgate::nat::engine::{Nat, NatConfig, Verdict};
@@ -1201,4 +1202,54 @@ fn verifier_budget() {
         eprintln!("{}: {n} instructions verified", p.name());
         assert!(n < 300_000, "{}: {n} verified instructions", p.name());
     }
+}
+
+/// With an AF_XDP socket registered for `lan0` queue 0, a reply `lan_return` de-NATs is
+/// redirected (same bytes as when passed), everything else is still passed, and after the
+/// socket is unregistered replies are passed again.
+#[test]
+fn returned_packets_go_to_a_registered_af_xdp_socket() {
+    skip_unless_able!();
+    let router = Router::new("xsk");
+    router.run(|| {
+        let mut b = Both::new(true);
+        let q = packet(v4(CLIENT4), v4(HOST), &udp(61_600, 53, b"query"), H);
+        let out = b.forward("SNAT UDP", &q, true);
+        let reply = eth(
+            LAN_MAC,
+            HOST_MAC,
+            0x0800,
+            &packet(v4(HOST), v4(SNAT), &udp(53, sport_of(&out), b"answer"), H),
+        );
+        let passed = b.lan(&reply);
+        assert_eq!(passed.action, xdp_action::PASS, "without a socket");
+
+        let xsk = XdpSocket::bind(b.lan_if, 0, XdpSocketConfig::default())
+            .expect("AF_XDP socket on lan0 queue 0");
+        b.xdp.register_xsk(&xsk).expect("register the socket");
+        let c0 = b.counters();
+        let redirected = b.lan(&reply);
+        assert_eq!(redirected.action, xdp_action::REDIRECT, "with a socket");
+        assert_bytes(&redirected.data, &passed.data, "redirected reply");
+        assert_eq!(&redirected.data[14 + 16..14 + 20], &CLIENT4.octets());
+        let stranger = eth(
+            LAN_MAC,
+            HOST_MAC,
+            0x0800,
+            &packet(v4(HOST), v4(SNAT), &udp(53, 1234, b"?"), H),
+        );
+        assert_eq!(b.lan(&stranger).action, xdp_action::PASS, "no connection");
+        let d = b.counters().delta(&c0);
+        assert_eq!(d.lan.redirected_xsk, 1, "{d:?}");
+        assert_eq!(d.lan.returned_v4, 1, "{d:?}");
+        assert_eq!(d.lan.passed_no_match, 1, "{d:?}");
+
+        b.xdp.unregister_xsk(0).expect("unregister");
+        assert_eq!(
+            b.lan(&reply).action,
+            xdp_action::PASS,
+            "after unregistering"
+        );
+        drop(xsk);
+    });
 }

@@ -391,6 +391,15 @@ fn summary(s: &mut String, r: &Report) {
         b,
         true,
     );
+    let pick = |v| r.stage_return.row(v).and_then(StageRow::delivered_pps);
+    row(
+        "router stage, LAN → tunnel path, kpps received (lan_return → AF_XDP socket vs conntrack → TUN)",
+        1e-3,
+        0,
+        pick(ReturnVariant::XdpNativeAfXdp),
+        pick(ReturnVariant::KernelConntrack),
+        true,
+    );
     let generic: Vec<String> = E2eTest::ALL
         .iter()
         .map(|&t| {
@@ -608,21 +617,28 @@ fn stage(s: &mut String, r: &Report) {
     let _ = writeln!(
         s,
         "\n### LAN → TUN\n\nThe LAN host floods replies to a flow the router SNATed (UDP from \
-         `{HOST}:5353` to the router's LAN address); one thread reads the TUN. The kernel path \
+         `{HOST}:5353` to the router's LAN address; the host computes its checksums itself, \
+         checksum offload off on its veth, as a host on a real LAN does); one thread reads the \
+         TUN. The kernel path \
          de-NATs with conntrack (nftables masquerade); `lan_return` de-NATs in XDP and passes \
-         the packet to the kernel, which routes it into the TUN.\n"
+         the packet to the kernel, which routes it into the TUN. In the AF_XDP row, \
+         `lan_return` (native) redirects the de-NATed packets to an AF_XDP socket on `lan0` \
+         (copy mode, the veth's only queue) and the thread reads the socket instead of the \
+         TUN: the packets the daemon would encrypt, without the kernel's routing and the \
+         TUN.\n"
     );
     stage_table(
         s,
         &r.stage_return,
-        "| path | sent by the LAN host kpps | read from the TUN kpps | read % | XDP \
-         ns/packet | returned by XDP |\n|---|---:|---:|---:|---:|---:|",
+        "| path | sent by the LAN host kpps | read from the TUN (AF_XDP row: from the socket) \
+         kpps | read % | XDP ns/packet | returned by XDP |\n|---|---:|---:|---:|---:|---:|",
         |c| c.lan.returned(),
     );
     let pick = |v| r.stage_return.row(v).and_then(StageRow::delivered_pps);
     let _ = writeln!(
         s,
-        "\nXDP / kernel, read from the TUN: native {}, generic {}.",
+        "\nXDP / kernel, read from the TUN: native {}, generic {}. Received on the AF_XDP \
+         socket / read from the TUN with kernel conntrack: {}.",
         fmt_ratio(ratio(
             pick(ReturnVariant::XdpNative),
             pick(ReturnVariant::KernelConntrack)
@@ -631,7 +647,21 @@ fn stage(s: &mut String, r: &Report) {
             pick(ReturnVariant::XdpGeneric),
             pick(ReturnVariant::KernelConntrack)
         )),
+        fmt_ratio(ratio(
+            pick(ReturnVariant::XdpNativeAfXdp),
+            pick(ReturnVariant::KernelConntrack)
+        )),
     );
+    if let Some(row) = r.stage_return.row(ReturnVariant::XdpNativeAfXdp) {
+        if let Some(n) = row.xdp_total(|c| c.lan.redirected_xsk) {
+            let _ = writeln!(
+                s,
+                "\nIn the AF_XDP row `lan_return` redirected {} packets to the socket \
+                 (`redirected_xsk`).",
+                grouped(n)
+            );
+        }
+    }
 }
 
 fn userspace_table(s: &mut String, u: &UserspaceLpm) {

@@ -9,7 +9,9 @@
 //!   host's `rx_packets` counts what arrived.
 //! * [`return_lan_to_tun`]: the LAN host floods small UDP replies to a SNATed flow; packets
 //!   read back from the TUN per second: kernel conntrack de-NAT against `lan_return` (native
-//!   and generic mode), which de-NATs and passes to the kernel.
+//!   and generic mode), which de-NATs and passes to the kernel; and packets per second
+//!   received on an AF_XDP socket on `lan0`, to which native `lan_return` redirects the
+//!   de-NATed replies instead (the kernel and the TUN are left out).
 //!
 //! Numbers vary with the machine (sender, router and reader share its cores).
 
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
+use tailgate::afxdp::{strip_ethernet, XdpSocket, XdpSocketConfig};
 use tailgate::nat::checksum as ck;
 use tailgate::xdp::{
     AttachPreference, ForwardCounters, ForwardOptions, ForwardProgram, ForwardRoute, LanInterface,
@@ -388,14 +391,17 @@ pub enum ReturnVariant {
     XdpNative,
     /// `lan_return` in generic mode.
     XdpGeneric,
+    /// `lan_return` in native mode, redirecting to an AF_XDP socket on `lan0` queue 0.
+    XdpNativeAfXdp,
 }
 
 impl ReturnVariant {
     /// Every variant, in table order.
-    pub const ALL: [ReturnVariant; 3] = [
+    pub const ALL: [ReturnVariant; 4] = [
         ReturnVariant::KernelConntrack,
         ReturnVariant::XdpNative,
         ReturnVariant::XdpGeneric,
+        ReturnVariant::XdpNativeAfXdp,
     ];
 
     /// Whether the variant runs XDP.
@@ -410,6 +416,7 @@ impl fmt::Display for ReturnVariant {
             ReturnVariant::KernelConntrack => "kernel conntrack (nftables masquerade)",
             ReturnVariant::XdpNative => "XDP lan_return, native",
             ReturnVariant::XdpGeneric => "XDP lan_return, generic",
+            ReturnVariant::XdpNativeAfXdp => "XDP lan_return → AF_XDP socket, native",
         })
     }
 }
@@ -606,6 +613,54 @@ pub fn return_lan_to_tun(d: &Durations) -> StageReport<ReturnVariant> {
     })
 }
 
+/// Binds an AF_XDP socket to `lan0` queue 0 (the veth's only queue) in the calling thread's
+/// namespace and registers it with `lan_return`.
+fn lan_socket(fwd: &mut XdpForward) -> Result<XdpSocket> {
+    let name = std::ffi::CString::new("lan0")?;
+    // SAFETY: `name` is NUL-terminated; if_nametoindex only reads it.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("lan0: {}", std::io::Error::last_os_error());
+    }
+    let xsk = XdpSocket::bind(ifindex, 0, XdpSocketConfig::default())
+        .context("binding an AF_XDP socket to lan0 queue 0")?;
+    fwd.register_xsk(&xsk)
+        .context("registering the AF_XDP socket")?;
+    Ok(xsk)
+}
+
+/// Counts IPv4 UDP packets received on the AF_XDP socket until `stop` is set (then for
+/// [`READ_GRACE`]) or `deadline` passes, as [`Tun::count_until`] does for the TUN.
+fn count_socket_until(xsk: &mut XdpSocket, stop: &AtomicBool, deadline: Instant) -> Result<u64> {
+    let mut n = 0u64;
+    let mut grace: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if grace.is_none() && stop.load(Ordering::Relaxed) {
+            grace = Some(Instant::now() + READ_GRACE);
+        }
+        if grace.is_some_and(|g| Instant::now() > g) {
+            break;
+        }
+        let mut got = 0;
+        // At most this many batches before the clocks are checked again.
+        for _ in 0..64 {
+            let batch = xsk.recv_batch(|frame| {
+                if strip_ethernet(frame).is_some_and(|p| p[0] >> 4 == 4 && p.get(9) == Some(&17)) {
+                    n += 1;
+                }
+            })?;
+            if batch == 0 {
+                break;
+            }
+            got += batch;
+        }
+        if got == 0 {
+            xsk.poll(Duration::from_millis(50))?;
+        }
+    }
+    Ok(n)
+}
+
 /// Sets the flag when dropped (also when the thread holding it fails early).
 struct SetOnDrop(Arc<AtomicBool>);
 
@@ -620,6 +675,11 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     if variant == ReturnVariant::KernelConntrack {
         lab.masquerade()?;
     }
+    // The LAN host computes its UDP checksums itself, as a host on a real LAN does (over a
+    // veth, checksum offload would leave them partial, which only the kernel completes).
+    lab.lan
+        .exec("ethtool", &["-K", "lanh", "tx", "off"])
+        .context("turning off checksum offload on the LAN host's veth")?;
     let wait = Duration::from_secs(5);
     // The LAN host learns the SNATed peer from the first datagram, then floods it.
     let (peer_tx, peer_rx) = mpsc::channel::<SocketAddr>();
@@ -657,17 +717,27 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     let stop_r = stop.clone();
     let router = lab.router.spawn_inside(move || {
         let tun = tun_setup()?;
-        let fwd = match variant {
-            ReturnVariant::XdpNative => Some(attach(true, AttachPreference::Native)?),
+        let mut fwd = match variant {
+            ReturnVariant::XdpNative | ReturnVariant::XdpNativeAfXdp => {
+                Some(attach(true, AttachPreference::Native)?)
+            }
             ReturnVariant::XdpGeneric => Some(attach(true, AttachPreference::Generic)?),
             ReturnVariant::KernelConntrack => None,
+        };
+        let mut xsk = match (variant, fwd.as_mut()) {
+            (ReturnVariant::XdpNativeAfXdp, Some(fwd)) => Some(lan_socket(fwd)?),
+            _ => None,
         };
         tun.write(&udp4(CLIENT4, HOST, 40_000, 5353, b"start"));
         let peer = peer_rx
             .recv_timeout(wait)
             .map_err(|_| anyhow!("the LAN host never saw the first datagram"))?;
         let start = Instant::now();
-        let read = tun.count_until(&stop_r, start + seconds + wait);
+        let deadline = start + seconds + wait;
+        let read = match xsk.as_mut() {
+            Some(xsk) => count_socket_until(xsk, &stop_r, deadline)?,
+            None => tun.count_until(&stop_r, deadline),
+        };
         let secs = start.elapsed().as_secs_f64() - READ_GRACE.as_secs_f64();
         let cost = fwd
             .as_ref()

@@ -233,6 +233,13 @@ impl Status {
                     n("lan", "returned_via6"),
                     f.connections
                 );
+                let xsk = n("lan", "redirected_xsk");
+                if xsk > 0 {
+                    let _ = writeln!(
+                        s,
+                        "  XDP replies handed to AF_XDP sockets (not the kernel): {xsk}"
+                    );
+                }
             }
             for k in &f.kernel_routes {
                 let _ = writeln!(s, "  kernel path: {k}");

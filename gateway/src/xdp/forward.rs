@@ -28,22 +28,23 @@
 //! address as source. The daemon must not write GSO super-packets for 4via6 destinations
 //! (XDP cannot translate them; it passes them untouched).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::forward::{
     AdvV4, AdvVia, CtOrigKey, CtOrigVal, CtReplyKey, CtReplyVal, CtState, FwdConfig, FwdEgress,
-    CT_FAMILY_V6, CT_FLAG_VIA6, CT_TIMEOUT_CLASSES, FWD_ADV_MAX_DEFAULT, FWD_ADV_V4_MAP,
-    FWD_ADV_VIA_MAP, FWD_CONFIG_MAP, FWD_CT_MAX_DEFAULT, FWD_CT_ORIG_MAP, FWD_CT_REPLY_MAP,
-    FWD_EGRESS_MAP, FWD_EGRESS_MAX, FWD_FLAG_ENABLED, FWD_FLAG_SNAT, LAN_COUNTERS_MAP,
-    LAN_RETURN_PROGRAM, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TUN_COUNTERS_MAP, TUN_FORWARD_PROGRAM,
+    CT_FAMILY_V6, CT_FLAG_VIA6, CT_TIMEOUT_CLASSES, EGRESS_FLAG_XSK, FWD_ADV_MAX_DEFAULT,
+    FWD_ADV_V4_MAP, FWD_ADV_VIA_MAP, FWD_CONFIG_MAP, FWD_CT_MAX_DEFAULT, FWD_CT_ORIG_MAP,
+    FWD_CT_REPLY_MAP, FWD_EGRESS_MAP, FWD_EGRESS_MAX, FWD_FLAG_ENABLED, FWD_FLAG_SNAT,
+    LAN_COUNTERS_MAP, LAN_RETURN_PROGRAM, LAN_XSK_MAP, LAN_XSK_MAX, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, TUN_COUNTERS_MAP, TUN_FORWARD_PROGRAM,
 };
 use gateway_common::{LanCounter, TunCounter};
 use ipnet::IpNet;
@@ -53,6 +54,7 @@ use super::{
     chain, check_capabilities, ebpf_object, raise_memlock_rlimit_if_needed, AttachPreference,
     ForwardCounters, XdpError,
 };
+use crate::afxdp::XdpSocket;
 use crate::nat::conntrack::Timeouts;
 use crate::nat::via6;
 
@@ -233,6 +235,8 @@ struct Maps {
     ct_reply: HashMap<MapData, CtReplyKey, CtReplyVal>,
     tun_counters: PerCpuArray<MapData, u64>,
     lan_counters: PerCpuArray<MapData, u64>,
+    /// `LAN_XSKS` (an XSK map; aya's wrapper borrows it for updates).
+    xsks: aya::maps::Map,
 }
 
 /// An attached program: interface and mode.
@@ -354,6 +358,10 @@ pub struct XdpForward {
     lans: Vec<Attachment>,
     /// Sysctls changed for the TUN (restored on drop).
     sysctls: Vec<SysctlChange>,
+    /// The LAN interface (ifindex) whose returned packets go to AF_XDP sockets, and the
+    /// receive queues that have one.
+    xsk_lan: Option<u32>,
+    xsk_queues: BTreeSet<u32>,
 }
 
 impl std::fmt::Debug for XdpForward {
@@ -414,6 +422,54 @@ where
         .take_map(name)
         .ok_or(XdpError::MissingObject { kind: "map", name })?;
     T::try_from(map).map_err(map_err(name))
+}
+
+fn take_xsk_map(ebpf: &mut Ebpf) -> Result<aya::maps::Map, ForwardError> {
+    let map = ebpf.take_map(LAN_XSK_MAP).ok_or(XdpError::MissingObject {
+        kind: "map",
+        name: LAN_XSK_MAP,
+    })?;
+    XskMap::try_from(&map).map_err(map_err(LAN_XSK_MAP))?;
+    Ok(map)
+}
+
+/// `BPF_MAP_DELETE_ELEM` of a `u32` key (aya 0.13's `XskMap` cannot remove entries); a
+/// missing key is not an error.
+fn map_delete_u32(map: BorrowedFd<'_>, key: u32) -> std::io::Result<()> {
+    #[repr(C)]
+    struct DeleteAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    let attr = DeleteAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid, zero-padded `bpf_attr` prefix for this command whose key
+    // pointer refers to `key`, alive for the call; the size passed is the struct's.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            &attr as *const DeleteAttr,
+            std::mem::size_of::<DeleteAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        return Ok(());
+    }
+    Err(e)
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, ForwardError> {
@@ -569,6 +625,7 @@ impl XdpForward {
             ct_reply: take(&mut ebpf, FWD_CT_REPLY_MAP)?,
             tun_counters: take(&mut ebpf, TUN_COUNTERS_MAP)?,
             lan_counters: take(&mut ebpf, LAN_COUNTERS_MAP)?,
+            xsks: take_xsk_map(&mut ebpf)?,
         };
         for name in [TUN_FORWARD_PROGRAM, LAN_RETURN_PROGRAM] {
             program_mut(&mut ebpf, name)?
@@ -591,6 +648,8 @@ impl XdpForward {
             tun: None,
             lans: Vec::new(),
             sysctls: Vec::new(),
+            xsk_lan: None,
+            xsk_queues: BTreeSet::new(),
         };
         fwd.set_lan_interfaces(&opts.lan)?;
         fwd.write_config()?;
@@ -738,15 +797,13 @@ impl XdpForward {
         for l in lan {
             wanted.insert(ifindex(&l.ifname)?, l.clone());
         }
+        if let Some(xsk_lan) = self.xsk_lan {
+            if !wanted.contains_key(&xsk_lan) {
+                self.clear_xsks()?;
+            }
+        }
         for (idx, l) in &wanted {
-            let v = FwdEgress {
-                snat_v4: l.snat_v4.octets(),
-                flags: [0; 4],
-            };
-            self.maps
-                .egress
-                .insert(idx.to_be_bytes(), v, 0)
-                .map_err(map_err(FWD_EGRESS_MAP))?;
+            self.write_egress(*idx, l)?;
         }
         let stale: Vec<u32> = self
             .lan
@@ -763,6 +820,106 @@ impl XdpForward {
         self.lan = wanted;
         self.opts.lan = lan.to_vec();
         Ok(())
+    }
+
+    fn write_egress(&mut self, idx: u32, l: &LanInterface) -> Result<(), ForwardError> {
+        let flags = if self.xsk_lan == Some(idx) {
+            EGRESS_FLAG_XSK
+        } else {
+            0
+        };
+        let v = FwdEgress {
+            snat_v4: l.snat_v4.octets(),
+            flags: flags.to_be_bytes(),
+        };
+        self.maps
+            .egress
+            .insert(idx.to_be_bytes(), v, 0)
+            .map_err(map_err(FWD_EGRESS_MAP))
+    }
+
+    /// Hands the packets `lan_return` returns on the LAN interface and receive queue `socket`
+    /// is bound to, to that AF_XDP socket instead of passing them to the kernel. Sockets serve
+    /// one LAN interface at a time; the kernel drops a socket from the map when it is closed,
+    /// after which that queue's packets are passed again. Replies whose transport checksum is
+    /// partial (local senders, GRO) still go to the kernel, which completes it.
+    pub fn register_xsk(&mut self, socket: &XdpSocket) -> Result<(), ForwardError> {
+        let (idx, queue) = (socket.ifindex(), socket.queue());
+        let Some(lan) = self.lan.get(&idx).cloned() else {
+            return Err(ForwardError::Config(format!(
+                "the AF_XDP socket's interface (ifindex {idx}) is not a LAN interface of the \
+                 fast path"
+            )));
+        };
+        let ifname = lan.ifname.clone();
+        if queue >= LAN_XSK_MAX {
+            return Err(ForwardError::Config(format!(
+                "receive queue {queue}: AF_XDP sockets serve queues 0 to {}",
+                LAN_XSK_MAX - 1
+            )));
+        }
+        if let Some(other) = self.xsk_lan.filter(|&o| o != idx) {
+            let other = self
+                .lan
+                .get(&other)
+                .map_or_else(|| format!("ifindex {other}"), |l| l.ifname.clone());
+            return Err(ForwardError::Config(format!(
+                "AF_XDP sockets already serve {other}; unregister them before using {ifname}"
+            )));
+        }
+        XskMap::try_from(&mut self.maps.xsks)
+            .and_then(|mut m| m.set(queue, socket.as_fd(), 0))
+            .map_err(map_err(LAN_XSK_MAP))?;
+        self.xsk_queues.insert(queue);
+        if self.xsk_lan != Some(idx) {
+            self.xsk_lan = Some(idx);
+            self.write_egress(idx, &lan)?;
+        }
+        Ok(())
+    }
+
+    /// Stops handing packets of receive queue `queue` to its AF_XDP socket (they are passed to
+    /// the kernel again). Unknown queues are ignored.
+    pub fn unregister_xsk(&mut self, queue: u32) -> Result<(), ForwardError> {
+        if !self.xsk_queues.remove(&queue) {
+            return Ok(());
+        }
+        self.delete_xsk(queue)?;
+        if self.xsk_queues.is_empty() {
+            self.clear_xsks()?;
+        }
+        Ok(())
+    }
+
+    fn delete_xsk(&self, queue: u32) -> Result<(), ForwardError> {
+        let aya::maps::Map::XskMap(data) = &self.maps.xsks else {
+            return Err(ForwardError::Config(format!(
+                "{LAN_XSK_MAP} is not an XSK map"
+            )));
+        };
+        map_delete_u32(data.fd().as_fd(), queue).map_err(|source| ForwardError::Io {
+            what: format!("removing the AF_XDP socket of queue {queue} from {LAN_XSK_MAP}"),
+            source,
+        })
+    }
+
+    fn clear_xsks(&mut self) -> Result<(), ForwardError> {
+        for queue in std::mem::take(&mut self.xsk_queues) {
+            self.delete_xsk(queue)?;
+        }
+        if let Some(idx) = self.xsk_lan.take() {
+            if let Some(lan) = self.lan.get(&idx).cloned() {
+                self.write_egress(idx, &lan)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The LAN interface whose returned packets go to AF_XDP sockets, and their queues.
+    pub fn xsk_registrations(&self) -> Option<(&str, Vec<u32>)> {
+        let idx = self.xsk_lan?;
+        let name = self.lan.get(&idx).map(|l| l.ifname.as_str())?;
+        Some((name, self.xsk_queues.iter().copied().collect()))
     }
 
     /// Turns SNAT of plain IPv4 subnet traffic on or off (`--snat-subnet-routes`). Existing

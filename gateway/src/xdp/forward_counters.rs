@@ -121,6 +121,9 @@ counter_struct! {
         dropped_error => DropError,
         /// ICMP errors about tracked connections, translated for the client and passed.
         returned_icmp_error => ReturnedIcmpError,
+        /// Returned packets (also counted above) handed to an AF_XDP socket instead of the
+        /// kernel.
+        redirected_xsk => RedirectedXsk,
     }
 }
 
