@@ -799,6 +799,19 @@ fn snat_udp_replies_to_an_af_xdp_socket() {
     let (rx, service) = lan_udp_echo(&lab, 7);
     let router = lab.router.clone();
     let lan_ns = lab.lan.clone();
+    let (sink_tx, sink_rx) = mpsc::channel();
+    let sink = in_ns(&lab.lan, move || {
+        let s = UdpSocket::bind("10.1.1.5:7777").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        sink_tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        s.recv_from(&mut buf)
+            .ok()
+            .map(|(n, peer)| (buf[..n].to_vec(), peer))
+    });
+    sink_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("LAN UDP sink ready");
     let (c_socket, c_partial, c_after, peers) = join(in_ns(&router, move || {
         let (tun, mut fwd) = router_setup(true);
         let client = IpAddr::V4(CLIENT4);
@@ -880,6 +893,29 @@ fn snat_udp_replies_to_an_af_xdp_socket() {
         let c_after = counters(&fwd).delta(&c1);
         let stats = xsk.stats().expect("socket statistics");
         assert_eq!(stats.rx_invalid_descs, 0, "{stats:?}");
+
+        // 5. The socket's transmit side: a whole Ethernet frame sent on lan0 reaches the host.
+        let ip = udp(
+            IpAddr::V4(ROUTER_LAN),
+            IpAddr::V4(HOST),
+            7000,
+            7777,
+            b"from AF_XDP",
+        );
+        let mut frame = vec![
+            0x02, 0, 0, 0, 0, 0x05, 0x02, 0, 0, 0, 0x01, 0x01, 0x08, 0x00,
+        ];
+        frame.extend_from_slice(&ip);
+        assert!(xsk.send(&frame).expect("AF_XDP send"), "a free TX frame");
+        let mut completed = 0;
+        for _ in 0..500 {
+            completed += xsk.reclaim();
+            if completed > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(completed, 1, "the sent frame completed");
         drop(xsk);
         drop(fwd);
         let mut peers = Vec::new();
@@ -889,6 +925,9 @@ fn snat_udp_replies_to_an_af_xdp_socket() {
         (c_socket, c_partial, c_after, peers)
     }));
     join(service);
+    let (payload, from) = join(sink).expect("the frame sent on the AF_XDP socket arrived");
+    assert_eq!(payload, b"from AF_XDP");
+    assert_eq!(from, SocketAddr::from((ROUTER_LAN, 7000)));
     assert_eq!(peers.len(), 7, "{peers:?}");
     assert_eq!(c_partial.lan.redirected_xsk, 0, "{c_partial:?}");
     assert_eq!(c_partial.lan.returned_v4, 1, "{c_partial:?}");
