@@ -4,7 +4,7 @@
 //! in one run inside a network namespace of its own, with the relay/direct ratio.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use rand_core::OsRng;
 use tailgate::derp::client::{self, ConnectOptions, Received};
 use tailgate::derp::map::RelayNode;
 use tailgate::derp::tls::ServerCert;
+use tailgate::peer_relay::server::PeerRelayServer;
+use tailgate::traversal::disco::{self, Message};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::lab::control::TempDir;
@@ -62,16 +64,19 @@ pub enum Path_ {
     RelayPlain,
     /// Each client on its own server of one region; packets cross the mesh link (TLS).
     RelayMesh,
+    /// A peer relay session (`tailgate set --advertise-peer-relay`): UDP in, UDP out.
+    PeerRelay,
     /// No relay: UDP between two sockets.
     DirectUdp,
 }
 
 impl Path_ {
     /// Every path, in report order.
-    pub const ALL: [Path_; 4] = [
+    pub const ALL: [Path_; 5] = [
         Path_::RelayTls,
         Path_::RelayPlain,
         Path_::RelayMesh,
+        Path_::PeerRelay,
         Path_::DirectUdp,
     ];
 
@@ -81,6 +86,7 @@ impl Path_ {
             Path_::RelayTls => "relay, TLS",
             Path_::RelayPlain => "relay, plain HTTP",
             Path_::RelayMesh => "relay mesh (2 servers), TLS",
+            Path_::PeerRelay => "peer relay (UDP session)",
             Path_::DirectUdp => "direct UDP (no relay)",
         }
     }
@@ -211,7 +217,12 @@ fn start_relay(
 
 fn cpu_secs(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds from a `/proc/…/stat` file (0 when it cannot be read).
+fn stat_cpu_secs(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     // Fields after the command name (which may hold spaces): utime is the 14th field.
@@ -289,11 +300,16 @@ fn relay_run(a: &ConnectOptions, b: &ConnectOptions, size: usize, dur: Duration)
     })
 }
 
-/// Sends `size`-byte UDP datagrams between two loopback sockets for `dur`.
-fn direct_run(size: usize, dur: Duration) -> Result<Run> {
-    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+/// Sends `size`-byte UDP datagrams from `tx` to `to` for `dur`, one syscall each, and
+/// counts what `rx` receives.
+fn udp_run(
+    tx: UdpSocket,
+    to: SocketAddr,
+    rx: UdpSocket,
+    size: usize,
+    dur: Duration,
+) -> Result<Run> {
     rx.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let to = rx.local_addr()?;
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (r2, s2) = (received.clone(), stop.clone());
@@ -305,7 +321,6 @@ fn direct_run(size: usize, dur: Duration) -> Result<Run> {
             }
         }
     });
-    let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
     let packet = vec![0x5a; size];
     let start = Instant::now();
     let mut sent = 0u64;
@@ -328,6 +343,157 @@ fn direct_run(size: usize, dur: Duration) -> Result<Run> {
         secs,
         relay_cpu_secs: 0.0,
     })
+}
+
+/// Sends `size`-byte UDP datagrams between two loopback sockets for `dur`.
+fn direct_run(size: usize, dur: Duration) -> Result<Run> {
+    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let to = rx.local_addr()?;
+    let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    udp_run(tx, to, rx, size, dur)
+}
+
+/// Sessions of the benchmark's peer relay: one per run, with room to spare.
+const PEER_RELAY_SESSIONS: u16 = 32;
+
+/// A peer relay serving on loopback from a thread of its own, as a node's daemon runs it.
+struct PeerRelayThread {
+    port: u16,
+    key: [u8; 32],
+    /// The serving thread's id, for its CPU time.
+    tid: i32,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeerRelayThread {
+    fn start() -> Result<PeerRelayThread> {
+        let secret = StaticSecret::random_from_rng(OsRng);
+        let key = PublicKey::from(&secret).to_bytes();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let started = (|| -> Result<_> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                // Every run allocates a session for a new pair of keys.
+                let server = rt.block_on(PeerRelayServer::start(
+                    0,
+                    PEER_RELAY_SESSIONS,
+                    secret,
+                    Box::new(|_| true),
+                ))?;
+                Ok((rt, server))
+            })();
+            match started {
+                Ok((rt, server)) => {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() };
+                    let _ = ready_tx.send(Ok((server.port(), tid)));
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                    drop(server);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+        let (port, tid) = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow!("the peer relay did not start"))??;
+        Ok(PeerRelayThread {
+            port,
+            key,
+            tid,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// CPU time (user + system) of the serving thread so far, seconds.
+    fn cpu_secs(&self) -> f64 {
+        stat_cpu_secs(&format!("/proc/self/task/{}/stat", self.tid))
+    }
+}
+
+impl Drop for PeerRelayThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Receives one sealed disco message on `sock` within half a second.
+fn recv_disco(sock: &UdpSocket, own: &StaticSecret) -> Result<(Message, SocketAddr)> {
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    let (_, msg) = disco::open(own, &buf[..n]).map_err(|e| anyhow!("disco: {e}"))?;
+    Ok((msg, from))
+}
+
+/// Allocates the session between `own` and `peer` at the peer relay on `relay` and binds
+/// `sock` to it, as a node does; returns the session address.
+fn join_peer_relay(
+    sock: &UdpSocket,
+    own: &StaticSecret,
+    relay: SocketAddr,
+    relay_key: &[u8; 32],
+    peer: [u8; 32],
+) -> Result<SocketAddr> {
+    let send = |to: SocketAddr, msg: &Message| -> Result<()> {
+        let sealed = disco::seal(own, relay_key, msg).map_err(|e| anyhow!("disco: {e}"))?;
+        sock.send_to(&sealed, to)?;
+        Ok(())
+    };
+    send(relay, &Message::RelayAllocate { peer })?;
+    let Message::RelayAllocated { port, .. } = recv_disco(sock, own)?.0 else {
+        bail!("the peer relay did not allocate a session");
+    };
+    let session = SocketAddr::new(relay.ip(), port);
+    send(session, &Message::RelayBind { cookie: None })?;
+    let Message::RelayChallenge { cookie } = recv_disco(sock, own)?.0 else {
+        bail!("the peer relay sent no challenge");
+    };
+    send(
+        session,
+        &Message::RelayBind {
+            cookie: Some(cookie),
+        },
+    )?;
+    match recv_disco(sock, own)?.0 {
+        Message::RelayBound => Ok(session),
+        other => bail!("the peer relay answered the bind with {other:?}"),
+    }
+}
+
+/// Sends `size`-byte datagrams from one loopback socket to another through a session of
+/// `relay` for `dur`; the relay thread's CPU time is the run's relay CPU.
+fn peer_relay_run(relay: &PeerRelayThread, size: usize, dur: Duration) -> Result<Run> {
+    let (ka, kb) = (
+        StaticSecret::random_from_rng(OsRng),
+        StaticSecret::random_from_rng(OsRng),
+    );
+    let (pa, pb) = (
+        PublicKey::from(&ka).to_bytes(),
+        PublicKey::from(&kb).to_bytes(),
+    );
+    let relay_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, relay.port));
+    let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let b = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let session = join_peer_relay(&a, &ka, relay_addr, &relay.key, pb)?;
+    join_peer_relay(&b, &kb, relay_addr, &relay.key, pa)?;
+    let cpu0 = relay.cpu_secs();
+    let mut run = udp_run(a, session, b, size, dur)?;
+    run.relay_cpu_secs = relay.cpu_secs() - cpu0;
+    Ok(run)
 }
 
 /// The servers of one configuration and the client options for the two ends. Field order:
@@ -384,7 +550,7 @@ fn setup(ns: &Netns, tailgate: &Path, path: Path_, psk: &Path) -> Result<Setup> 
                 _state: vec![state1, state2],
             }
         }
-        Path_::DirectUdp => bail!("direct UDP needs no relay"),
+        Path_::PeerRelay | Path_::DirectUdp => bail!("{} needs no relay server", path.label()),
     })
 }
 
@@ -409,8 +575,16 @@ pub fn run(tailgate: &Path, durations: Durations, extra: Vec<String>) -> Result<
         println!("== {}", path.label());
         let measured = (|| -> Result<Vec<(usize, Vec<Run>)>> {
             let setup = match path {
-                Path_::DirectUdp => None,
+                Path_::PeerRelay | Path_::DirectUdp => None,
                 _ => Some(setup(&ns, tailgate, path, &psk)?),
+            };
+            let peer_relay = match path {
+                Path_::PeerRelay => Some(Arc::new(
+                    ns.spawn_inside(PeerRelayThread::start)?
+                        .join()
+                        .map_err(|_| anyhow!("the peer relay thread panicked"))??,
+                )),
+                _ => None,
             };
             let mut out = Vec::new();
             for size in SIZES {
@@ -422,19 +596,23 @@ pub fn run(tailgate: &Path, durations: Durations, extra: Vec<String>) -> Result<
                         .unwrap_or_default();
                     let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
                     let dur = durations.run;
-                    let mut r = match &setup {
-                        Some(s) => {
+                    let measuring = match (&setup, &peer_relay) {
+                        (Some(s), _) => {
                             let (a, b) = (s.a.clone(), s.b.clone());
                             ns.spawn_inside(move || relay_run(&a, &b, size, dur))?
-                                .join()
-                                .map_err(|_| anyhow!("the measuring thread panicked"))??
                         }
-                        None => ns
-                            .spawn_inside(move || direct_run(size, dur))?
-                            .join()
-                            .map_err(|_| anyhow!("the measuring thread panicked"))??,
+                        (None, Some(relay)) => {
+                            let relay = relay.clone();
+                            ns.spawn_inside(move || peer_relay_run(&relay, size, dur))?
+                        }
+                        (None, None) => ns.spawn_inside(move || direct_run(size, dur))?,
                     };
-                    r.relay_cpu_secs = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
+                    let mut r = measuring
+                        .join()
+                        .map_err(|_| anyhow!("the measuring thread panicked"))??;
+                    if setup.is_some() {
+                        r.relay_cpu_secs = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
+                    }
                     println!(
                         "   {size} B: {:.0} kpps, {:.2} Gbit/s ({} sent, {} received)",
                         r.pps() / 1e3,
@@ -499,10 +677,17 @@ pub fn render_markdown(r: &Report) -> String {
          (the client waits when its queue is full, so nothing is dropped at the sender), the \
          other counts what arrives. {} B is a small WireGuard datagram (a 64-byte packet in \
          the tunnel), {} B a full one (MTU 1280). The mesh row puts the two clients on two \
-         servers of one region, so every packet crosses the servers' mesh link. The direct \
-         row sends the same datagrams over UDP between two loopback sockets, one syscall \
-         each: the path the relay stands in for when peers cannot reach each other. Relay \
-         CPU is the server processes' user + system time per received packet.\n",
+         servers of one region, so every packet crosses the servers' mesh link. The peer \
+         relay row runs a peer relay (what `tailgate set --advertise-peer-relay` starts) on \
+         a thread of this process; two UDP sockets allocate and bind a session as nodes do, \
+         then one sends to the session port, one syscall per datagram, and the relay \
+         forwards to the other with `recvmmsg`/`sendmmsg` batches. The direct row sends the \
+         same datagrams over UDP between two loopback sockets, one syscall each: the path \
+         both relays stand in for when peers cannot reach each other. Relay CPU is the \
+         server processes' (or the peer relay thread's) user + system time per received \
+         packet. On loopback a sender also pays for delivering into the receiving socket, \
+         so a relayed datagram costs two such hops where the direct one costs one, and the \
+         sender, the peer relay and the receiver share the machine's cores.\n",
         SIZES[0], SIZES[1]
     );
     let _ = writeln!(

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use socket2::SockAddr;
+use tailgate::io::mmsg::{send_many, DatagramBatch};
 use tailgate::stun::codec::{binding_request, BINDING_SUCCESS, MAGIC_COOKIE};
 use tailgate::stun::server::{StunCounters, StunServer, StunSnapshot};
 use tailgate::xdp::{AttachPreference, XdpStunCounters, XdpStunResponder};
@@ -404,7 +406,7 @@ fn generate(o: StunBenchOptions) -> Result<Phase> {
             binding_request(&tx)
         })
         .collect();
-    let mut recv_bufs = vec![[0u8; 64]; o.batch];
+    let mut recv_bufs = DatagramBatch::new(o.batch);
     let mut in_flight = vec![0usize; o.sockets];
     let mut last_answer = vec![Instant::now(); o.sockets];
     let mut phase = Phase::default();
@@ -438,90 +440,38 @@ fn generate(o: StunBenchOptions) -> Result<Phase> {
 /// `sendmmsg` of every request on the connected socket `s`; returns how many were sent (0 when
 /// the socket buffer is full).
 fn send_batch(s: &UdpSocket, requests: &[[u8; 28]]) -> Result<usize> {
-    let mut iovs: Vec<libc::iovec> = requests
-        .iter()
-        .map(|r| libc::iovec {
-            iov_base: r.as_ptr() as *mut libc::c_void,
-            iov_len: r.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: `mmsghdr` is plain data; all-zero is a valid value (no name, no control).
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    // SAFETY: `msgs` holds `msgs.len()` initialised headers whose iovecs point into
-    // `requests`, all alive and unmoved for the duration of the call; the kernel only reads
-    // the payloads and writes `msg_len`.
-    let n = unsafe {
-        libc::sendmmsg(
-            s.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            msgs.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused => Ok(0),
-            _ => Err(anyhow!("sendmmsg: {e}")),
-        };
+    let datagrams: Vec<(&[u8], Option<&SockAddr>)> =
+        requests.iter().map(|r| (&r[..], None)).collect();
+    match send_many(s.as_raw_fd(), &datagrams) {
+        Ok(n) => Ok(n),
+        Err(e) if quiet(&e) => Ok(0),
+        Err(e) => Err(anyhow!("sendmmsg: {e}")),
     }
-    Ok(n as usize)
 }
 
 /// `recvmmsg` of what is queued on `s` (non-blocking); returns how many valid binding success
 /// answers were read.
-fn recv_batch(s: &UdpSocket, bufs: &mut [[u8; 64]]) -> Result<usize> {
-    let mut iovs: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: `mmsghdr` is plain data; all-zero is a valid value (no name, no control).
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    // SAFETY: every header points at one iovec of a distinct buffer in `bufs`, alive and
-    // unmoved for the call; the kernel writes at most `iov_len` bytes into each and sets
-    // `msg_len`. No timeout pointer is passed.
-    let n = unsafe {
-        libc::recvmmsg(
-            s.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            msgs.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
+fn recv_batch(s: &UdpSocket, batch: &mut DatagramBatch) -> Result<usize> {
+    let n = match batch.recv(s.as_raw_fd()) {
+        Ok(n) => n,
+        Err(e) if quiet(&e) => return Ok(0),
+        Err(e) => return Err(anyhow!("recvmmsg: {e}")),
     };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused => Ok(0),
-            _ => Err(anyhow!("recvmmsg: {e}")),
-        };
-    }
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let success = BINDING_SUCCESS.to_be_bytes();
-    Ok(msgs[..n as usize]
-        .iter()
-        .zip(bufs.iter())
-        .filter(|(m, b)| m.msg_len >= 20 && b[0..2] == success && b[4..8] == cookie)
+    Ok((0..n)
+        .filter_map(|i| batch.get(i))
+        .filter(|(b, _)| b.len() >= 20 && b[0..2] == success && b[4..8] == cookie)
         .count())
+}
+
+/// Errors that only mean "nothing now": a full or empty socket buffer, or an ICMP error
+/// reported on the connected socket.
+fn quiet(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 #[cfg(test)]

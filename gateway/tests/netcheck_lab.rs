@@ -122,6 +122,59 @@ fn netcheck_reports_udp_the_underlay_address_and_the_nearest_region() {
     .expect("home region");
 }
 
+#[test]
+fn netcheck_reports_ipv6_when_the_relay_has_an_ipv6_address() {
+    assert!(lab::is_root(), "network-namespace tests need root");
+    let lab = Lab::new().expect("lab");
+    let dir = TempDir::new("tgnc6").unwrap();
+    let relay = RelayServer::start_dual_stack(&lab, bin(), 101).expect("relay");
+    let map = relay.write_derp_map().unwrap();
+    let server =
+        ControlServer::start_with(&lab, bin(), &dir, &["--derp-map", map.to_str().unwrap()])
+            .expect("control server");
+    let a = CtlNode::start(&lab, bin(), 1, "").expect("node");
+    let key = server.authkey(&[]).unwrap();
+    a.up(&server, &key, &["--hostname", "alpha"]).expect("up");
+
+    // The STUN server answers over both families; each answer carries the underlay address
+    // of its own family.
+    let r = netcheck(&a);
+    assert_eq!(
+        (r["udp_v4"].clone(), r["udp_v6"].clone()),
+        (true.into(), true.into()),
+        "{r}"
+    );
+    let global: std::net::SocketAddr = r["global_v6"].as_str().unwrap().parse().unwrap();
+    assert_eq!(global.ip(), a.host.underlay_v6(), "{r}");
+    assert_ne!(global.port(), 0, "{r}");
+    let global: std::net::SocketAddr = r["global_v4"].as_str().unwrap().parse().unwrap();
+    assert_eq!(global.ip(), a.host.underlay_v4(), "{r}");
+
+    let text = a.cli(&["netcheck"]).expect("netcheck");
+    assert!(
+        text.contains(&format!("\t* IPv6: yes, [{}]:", a.host.underlay_v6())),
+        "{text}"
+    );
+
+    // With IPv6 cut at the node, netcheck says so and still reports IPv4.
+    a.host
+        .ns
+        .ip(&["-6", "addr", "flush", "dev", "eth0"])
+        .expect("flush IPv6");
+    let r = netcheck(&a);
+    assert_eq!(
+        (r["udp_v4"].clone(), r["udp_v6"].clone()),
+        (true.into(), false.into()),
+        "{r}"
+    );
+    assert!(r["global_v6"].is_null(), "{r}");
+    let text = a.cli(&["netcheck"]).expect("netcheck");
+    assert!(
+        text.contains("\t* IPv6: no, but OS has support\n"),
+        "{text}"
+    );
+}
+
 /// A relay per region (hosts 101 and 102) and a control server whose relay map has both.
 struct TwoRegions {
     server: ControlServer,

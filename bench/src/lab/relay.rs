@@ -25,6 +25,8 @@ pub struct RelayServer {
     pub node: serde_json::Value,
     /// Its region ID.
     pub region: u32,
+    /// Listening on IPv6 too, with the host's IPv6 address in its map entry.
+    dual_stack: bool,
     host: Host,
     bin: PathBuf,
     state: TempDir,
@@ -39,13 +41,30 @@ impl RelayServer {
     /// Starts a relay of region `region` (its only node, named `relay-<region>`) in lab host
     /// `index`; see [`region_map`] for a map of several.
     pub fn start_region(lab: &Lab, bin: &Path, index: u8, region: u32) -> Result<RelayServer> {
+        Self::start_with(lab, bin, index, region, false)
+    }
+
+    /// Starts a relay of [`LAB_REGION`] in lab host `index` that listens (relay and STUN) on
+    /// IPv6 as well as IPv4, its map entry carrying both underlay addresses.
+    pub fn start_dual_stack(lab: &Lab, bin: &Path, index: u8) -> Result<RelayServer> {
+        Self::start_with(lab, bin, index, LAB_REGION, true)
+    }
+
+    fn start_with(
+        lab: &Lab,
+        bin: &Path,
+        index: u8,
+        region: u32,
+        dual_stack: bool,
+    ) -> Result<RelayServer> {
         let host = lab.host(index)?;
         let state = TempDir::new("tg-relay")?;
-        let (process, node) = Self::spawn(&host, bin, &state, region)?;
+        let (process, node) = Self::spawn(&host, bin, &state, region, dual_stack)?;
         Ok(RelayServer {
             process,
             node,
             region,
+            dual_stack,
             host,
             bin: bin.to_path_buf(),
             state,
@@ -57,8 +76,13 @@ impl RelayServer {
         bin: &Path,
         state: &TempDir,
         region: u32,
+        dual_stack: bool,
     ) -> Result<(Process, serde_json::Value)> {
-        let listen = format!("{}:{LAB_RELAY_PORT}", host.underlay_v4());
+        let listen = if dual_stack {
+            format!("[::]:{LAB_RELAY_PORT}")
+        } else {
+            format!("{}:{LAB_RELAY_PORT}", host.underlay_v4())
+        };
         let mut cmd = host.ns.command(bin.to_str().context("binary path")?);
         cmd.args([
             "derp",
@@ -86,6 +110,9 @@ impl RelayServer {
                 .and_then(|j| serde_json::from_str(j).ok()))
         })?;
         node["IPv4"] = host.underlay_v4().to_string().into();
+        if dual_stack {
+            node["IPv6"] = host.underlay_v6().to_string().into();
+        }
         Ok((process, node))
     }
 
@@ -124,7 +151,13 @@ impl RelayServer {
     /// Starts it again with the same key and certificate.
     pub fn restart(&mut self) -> Result<()> {
         let _ = self.process.stop();
-        let (process, _) = Self::spawn(&self.host, &self.bin, &self.state, self.region)?;
+        let (process, _) = Self::spawn(
+            &self.host,
+            &self.bin,
+            &self.state,
+            self.region,
+            self.dual_stack,
+        )?;
         self.process = process;
         Ok(())
     }

@@ -60,13 +60,25 @@ enum Direction {
     ServerToClient,
 }
 
+/// Which end of the handshake a node is.
+#[derive(Clone, Copy)]
+enum Role {
+    Client,
+    Server,
+}
+
+/// The key sealing messages in `dir` between `own` (playing `role`) and `peer`.
 fn seal_key(
     own: &StaticSecret,
     peer: &NodeKey,
-    server: &NodeKey,
-    client: &NodeKey,
+    role: Role,
     dir: Direction,
 ) -> Result<[u8; 32], AuthError> {
+    let own_pub = PublicKey::from(own).to_bytes();
+    let (server, client) = match role {
+        Role::Server => (&own_pub, peer),
+        Role::Client => (peer, &own_pub),
+    };
     let shared = own.diffie_hellman(&PublicKey::from(*peer));
     if !shared.was_contributory() {
         return Err(AuthError::WeakKey);
@@ -112,14 +124,7 @@ pub fn seal_client_info(
     challenge: &[u8; CHALLENGE_LEN],
     info: &ClientInfo,
 ) -> Result<([u8; NONCE_LEN], Vec<u8>), AuthError> {
-    let client_pub = PublicKey::from(client).to_bytes();
-    let key = seal_key(
-        client,
-        server_key,
-        server_key,
-        &client_pub,
-        Direction::ClientToServer,
-    )?;
+    let key = seal_key(client, server_key, Role::Client, Direction::ClientToServer)?;
     Ok(seal(&key, challenge, info))
 }
 
@@ -132,14 +137,7 @@ pub fn open_client_info(
     nonce: &[u8; NONCE_LEN],
     sealed: &[u8],
 ) -> Result<ClientInfo, AuthError> {
-    let server_pub = PublicKey::from(server).to_bytes();
-    let key = seal_key(
-        server,
-        client_key,
-        &server_pub,
-        client_key,
-        Direction::ClientToServer,
-    )?;
+    let key = seal_key(server, client_key, Role::Server, Direction::ClientToServer)?;
     open(&key, challenge, nonce, sealed)
 }
 
@@ -150,14 +148,7 @@ pub fn seal_server_info(
     challenge: &[u8; CHALLENGE_LEN],
     info: &ServerInfo,
 ) -> Result<([u8; NONCE_LEN], Vec<u8>), AuthError> {
-    let server_pub = PublicKey::from(server).to_bytes();
-    let key = seal_key(
-        server,
-        client_key,
-        &server_pub,
-        client_key,
-        Direction::ServerToClient,
-    )?;
+    let key = seal_key(server, client_key, Role::Server, Direction::ServerToClient)?;
     Ok(seal(&key, challenge, info))
 }
 
@@ -169,14 +160,7 @@ pub fn open_server_info(
     nonce: &[u8; NONCE_LEN],
     sealed: &[u8],
 ) -> Result<ServerInfo, AuthError> {
-    let client_pub = PublicKey::from(client).to_bytes();
-    let key = seal_key(
-        client,
-        server_key,
-        server_key,
-        &client_pub,
-        Direction::ServerToClient,
-    )?;
+    let key = seal_key(client, server_key, Role::Client, Direction::ServerToClient)?;
     open(&key, challenge, nonce, sealed)
 }
 

@@ -10,6 +10,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::mmsg::DatagramBatch;
 use super::udp_offload;
 
 /// Socket buffer size requested for both directions (bursts of a fast tunnel).
@@ -161,6 +162,48 @@ impl WgSocket {
             .sock
             .try_io(Interest::READABLE, || udp_offload::recv_coalesced(fd, buf))?;
         Ok((n, canonical(from), seg))
+    }
+
+    /// Waits for datagrams and reads every queued one that fits `batch` with one `recvmmsg`;
+    /// returns how many.
+    pub async fn recv_batch(&self, batch: &mut DatagramBatch) -> io::Result<usize> {
+        let fd = self.sock.as_raw_fd();
+        self.sock
+            .async_io(Interest::READABLE, || batch.recv(fd))
+            .await
+    }
+
+    /// Sends datagrams of `batch` (slot index and destination each) with as few `sendmmsg`
+    /// calls as the socket buffer allows; returns how many were sent (all, unless an error
+    /// other than a full buffer stopped it).
+    pub async fn send_batch(
+        &self,
+        batch: &DatagramBatch,
+        targets: &[(usize, SocketAddr)],
+    ) -> io::Result<usize> {
+        let fd = self.sock.as_raw_fd();
+        let wire: Vec<(usize, SockAddr)> = targets
+            .iter()
+            .map(|(i, to)| (*i, SockAddr::from(self.wire_addr(*to))))
+            .collect();
+        let mut sent = 0;
+        while sent < wire.len() {
+            let rest = &wire[sent..];
+            match self
+                .sock
+                .async_io(Interest::WRITABLE, || batch.send(fd, rest))
+                .await
+            {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if sent > 0 => {
+                    log::debug!("sendmmsg: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
     }
 
     fn wire_addr(&self, to: SocketAddr) -> SocketAddr {

@@ -120,7 +120,7 @@ pub fn recv_coalesced(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAdd
 }
 
 /// Reads an IPv4/IPv6 address out of a `sockaddr_storage` the kernel filled.
-fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(s.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, which it can contain.

@@ -15,6 +15,7 @@ use x25519_dalek::StaticSecret;
 
 use super::table::{Allocations, BindOutcome, NodeKey, Session, COOKIE_EPOCH_SECS};
 use crate::device::lock;
+use crate::io::mmsg::DatagramBatch;
 use crate::io::udp::WgSocket;
 use crate::traversal::disco::{self, Message};
 
@@ -23,6 +24,8 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(120);
 /// A session whose two nodes are not both bound this long after it opened (or after it last
 /// forwarded) is closed: the other node is offline or cannot reach the relay.
 pub const UNBOUND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Datagrams a session reads (`recvmmsg`) and sends on (`sendmmsg`) per system call.
+const SESSION_BATCH: usize = 32;
 /// Sealed messages opened per second and socket, at most (each costs a key agreement).
 const OPENS_PER_SEC: u32 = 200;
 
@@ -325,7 +328,8 @@ fn cookie_epoch() -> u64 {
 /// forwarded nothing for the idle time, or when its nodes are not both bound within
 /// [`UNBOUND_TIMEOUT`]. Junk never keeps it open.
 async fn serve_session(inner: Arc<Inner>, sock: WgSocket, port: u16, mut session: Session) {
-    let mut buf = vec![0u8; 65536];
+    let mut batch = DatagramBatch::new(SESSION_BATCH);
+    let mut targets = Vec::with_capacity(SESSION_BATCH);
     let mut budget = OpenBudget::new();
     let c = &inner.counters;
     let mut active = Instant::now();
@@ -336,60 +340,89 @@ async fn serve_session(inner: Arc<Inner>, sock: WgSocket, port: u16, mut session
             UNBOUND_TIMEOUT.min(inner.idle)
         };
         let left = limit.saturating_sub(active.elapsed());
-        let (n, src) = match tokio::time::timeout(left, sock.recv_from(&mut buf)).await {
-            Ok(Ok(r)) => r,
+        let received = tokio::time::timeout(left, sock.recv_batch(&mut batch)).await;
+        let n = match received {
+            Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 log::warn!("peer relay: session port {port}: {e}");
                 break;
             }
             Err(_) => break,
         };
-        let d = &buf[..n];
-        match session.forward(src) {
-            Ok(to) => match sock.send_to(d, to).await {
-                Ok(_) => {
-                    active = Instant::now();
-                    c.forwarded_packets.fetch_add(1, Relaxed);
-                    c.forwarded_bytes.fetch_add(n as u64, Relaxed);
+        targets.clear();
+        for i in 0..n {
+            let Some((d, src)) = batch.get(i) else {
+                c.dropped_junk.fetch_add(1, Relaxed);
+                continue;
+            };
+            match session.forward(src) {
+                Ok(to) => targets.push((i, to)),
+                Err(true) => {
+                    c.dropped_unbound.fetch_add(1, Relaxed);
                 }
-                Err(_) => {
-                    c.send_errors.fetch_add(1, Relaxed);
+                Err(false) => {
+                    if bind_step(&inner, &sock, port, &mut session, &mut budget, d, src).await {
+                        active = Instant::now();
+                    }
                 }
-            },
-            Err(true) => {
-                c.dropped_unbound.fetch_add(1, Relaxed);
-            }
-            Err(false) => {
-                let opened = inner.open_from(d, &mut budget, |k| session.is_member(k));
-                let Some((sender, msg)) = opened else {
-                    continue;
-                };
-                let Message::RelayBind { cookie } = msg else {
-                    c.dropped_junk.fetch_add(1, Relaxed);
-                    continue;
-                };
-                let was_complete = session.is_complete();
-                let answer = match session.bind(&sender, src, cookie, cookie_epoch()) {
-                    BindOutcome::Challenge(cookie) => Message::RelayChallenge { cookie },
-                    BindOutcome::Bound => {
-                        c.binds.fetch_add(1, Relaxed);
-                        log::debug!("peer relay: session {port}: bound {src}");
-                        if !was_complete && session.is_complete() {
-                            active = Instant::now();
-                        }
-                        Message::RelayBound
-                    }
-                    BindOutcome::NotMember => {
-                        c.refused.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                };
-                inner.reply(&sock, &sender, src, &answer).await;
             }
         }
+        if targets.is_empty() {
+            continue;
+        }
+        let sent = sock.send_batch(&batch, &targets).await.unwrap_or(0);
+        if sent > 0 {
+            active = Instant::now();
+            let bytes: usize = targets[..sent]
+                .iter()
+                .map(|(i, _)| batch.slot(*i).len())
+                .sum();
+            c.forwarded_packets.fetch_add(sent as u64, Relaxed);
+            c.forwarded_bytes.fetch_add(bytes as u64, Relaxed);
+        }
+        c.send_errors
+            .fetch_add((targets.len() - sent) as u64, Relaxed);
     }
     lock(&inner.sessions).remove(&port);
     drop(sock);
     lock(&inner.allocations).release(port);
     log::debug!("peer relay: session {port} closed");
+}
+
+/// Answers one datagram from an address the session does not forward for: a sealed
+/// `RelayBind` from a member gets a challenge or binds; anything else is a counted drop.
+/// Returns whether this bind completed the session.
+async fn bind_step(
+    inner: &Inner,
+    sock: &WgSocket,
+    port: u16,
+    session: &mut Session,
+    budget: &mut OpenBudget,
+    datagram: &[u8],
+    src: SocketAddr,
+) -> bool {
+    let c = &inner.counters;
+    let opened = inner.open_from(datagram, budget, |k| session.is_member(k));
+    let Some((sender, msg)) = opened else {
+        return false;
+    };
+    let Message::RelayBind { cookie } = msg else {
+        c.dropped_junk.fetch_add(1, Relaxed);
+        return false;
+    };
+    let was_complete = session.is_complete();
+    let (answer, completed) = match session.bind(&sender, src, cookie, cookie_epoch()) {
+        BindOutcome::Challenge(cookie) => (Message::RelayChallenge { cookie }, false),
+        BindOutcome::Bound => {
+            c.binds.fetch_add(1, Relaxed);
+            log::debug!("peer relay: session {port}: bound {src}");
+            (Message::RelayBound, !was_complete && session.is_complete())
+        }
+        BindOutcome::NotMember => {
+            c.refused.fetch_add(1, Relaxed);
+            return false;
+        }
+    };
+    inner.reply(sock, &sender, src, &answer).await;
+    completed
 }

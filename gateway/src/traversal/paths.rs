@@ -12,7 +12,10 @@
 //! runs a peer relay ([`crate::peer_relay`]), a session with the peer is asked for there; its
 //! address (given by the relay, or offered by the peer in a call-me-maybe-via) is bound and
 //! pinged like a direct candidate. A session that answers is used while there is no direct
-//! path, in preference to the relay servers.
+//! path, in preference to the relay servers. When several peers run peer relays, each
+//! allocation goes to the next one in turn, so a relay that refuses (full, or the peer is not
+//! in its netmap) or is unreachable does not stop the others from being tried; the wait
+//! between allocations doubles after every full round without an answer.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -192,8 +195,11 @@ struct PeerPath {
     /// Since when there has been no trusted direct path.
     no_direct_since: Option<Instant>,
     last_allocate: Option<Instant>,
-    /// Wait before the next allocation; doubles while none answers.
+    /// Wait before the next allocation; doubles after each round of the peer relays
+    /// without an answer.
     allocate_backoff: Duration,
+    /// Allocations asked for since a session last answered (which relay is next).
+    allocate_attempts: usize,
     current: Path,
     last_probe: Option<Instant>,
     last_active_ping: Option<Instant>,
@@ -214,6 +220,7 @@ impl PeerPath {
             no_direct_since: None,
             last_allocate: None,
             allocate_backoff: Duration::ZERO,
+            allocate_attempts: 0,
             current: Path::None,
             last_probe: None,
             last_active_ping: None,
@@ -471,22 +478,33 @@ impl Paths {
                             }
                         }
                     }
-                    let relay = self.relays.iter().find(|(k, _)| k != key).copied();
-                    if let Some((relay, to)) = relay {
-                        if via.is_none()
-                            && now.saturating_duration_since(since) >= t.peer_relay_after
-                            && due(p.last_allocate, p.allocate_backoff)
-                        {
-                            // Backs off while no session answers (an offline peer).
-                            p.last_allocate = Some(now);
+                    // Peer relays other than the peer itself, asked in turn.
+                    let relays: Vec<(Key, SocketAddr)> = self
+                        .relays
+                        .iter()
+                        .filter(|(k, _)| k != key)
+                        .copied()
+                        .collect();
+                    if !relays.is_empty()
+                        && via.is_none()
+                        && now.saturating_duration_since(since) >= t.peer_relay_after
+                        && due(p.last_allocate, p.allocate_backoff)
+                    {
+                        let (relay, to) = relays[p.allocate_attempts % relays.len()];
+                        p.last_allocate = Some(now);
+                        p.allocate_attempts += 1;
+                        // Backs off after each round without an answer (an offline peer).
+                        if p.allocate_attempts % relays.len() == 0 {
                             p.allocate_backoff = (p.allocate_backoff * 2)
                                 .clamp(t.call_me_maybe, MAX_ALLOCATE_BACKOFF);
-                            out.push(Action::Allocate {
-                                peer: *key,
-                                relay,
-                                to,
-                            });
+                        } else {
+                            p.allocate_backoff = p.allocate_backoff.max(t.call_me_maybe);
                         }
+                        out.push(Action::Allocate {
+                            peer: *key,
+                            relay,
+                            to,
+                        });
                     }
                     if let Some(region) = p.region.filter(|r| relay_ok(*r)) {
                         if due(p.last_call, t.call_me_maybe) {
@@ -518,6 +536,7 @@ impl Paths {
         if let Some(s) = p.sessions.iter_mut().find(|s| s.addr == from) {
             s.alive = now;
             p.allocate_backoff = Duration::ZERO;
+            p.allocate_attempts = 0;
             p.via = Some(Confirmed {
                 addr: from,
                 latency,
@@ -816,6 +835,57 @@ mod tests {
         // The relay leaves the netmap: its sessions are forgotten.
         paths.sync(&[info(k, Some(900), vec![direct])]);
         assert_eq!(paths.session_at(session), None);
+    }
+
+    #[test]
+    fn allocations_go_to_each_peer_relay_in_turn_and_back_off_per_round() {
+        let t = Timing::default();
+        let mut paths = Paths::new(t);
+        let k = key(20);
+        let relay_info = |n: u8| {
+            let mut r = info(
+                key(n),
+                Some(900),
+                vec![format!("198.51.100.{n}:41641").parse().unwrap()],
+            );
+            r.peer_relay_port = Some(41642);
+            r
+        };
+        paths.sync(&[
+            info(k, Some(900), vec!["192.0.2.20:1".parse().unwrap()]),
+            relay_info(21),
+            relay_info(22),
+        ]);
+        let asked = |a: &[Action]| -> Vec<Key> {
+            a.iter()
+                .filter_map(|x| match x {
+                    Action::Allocate { peer, relay, .. } if *peer == k => Some(*relay),
+                    _ => None,
+                })
+                .collect()
+        };
+        let t0 = Instant::now();
+        assert!(asked(&paths.tick(t0, ALL_RELAYS)).is_empty());
+        // Neither answers: the second is asked one wait after the first, then the first
+        // again after twice that wait.
+        let mut now = t0 + t.peer_relay_after;
+        let mut order = Vec::new();
+        let mut times = Vec::new();
+        for _ in 0..2000 {
+            let a = asked(&paths.tick(now, ALL_RELAYS));
+            if !a.is_empty() {
+                order.extend(a);
+                times.push(now);
+            }
+            if order.len() == 4 {
+                break;
+            }
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(order, vec![key(21), key(22), key(21), key(22)]);
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[1] > gaps[0], "backs off after a full round: {gaps:?}");
+        assert_eq!(gaps[1], gaps[2], "no back-off within a round: {gaps:?}");
     }
 
     #[test]

@@ -75,15 +75,7 @@ pub fn build(root: &Path, bin: &Path) -> Result<Deb> {
 
     let installed_bin = pkg.join("usr/bin/tailgate");
     install(bin, &installed_bin, 0o755)?;
-    util::run(
-        Command::new("strip")
-            .args([
-                "--remove-section=.comment",
-                "--remove-section=.note",
-                "--strip-unneeded",
-            ])
-            .arg(&installed_bin),
-    )?;
+    util::strip(&installed_bin)?;
     install(
         &assets.join("tailgate.service"),
         &pkg.join(UNIT_PATH),

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -153,16 +152,7 @@ pub fn build(root: &Path, bin: &Path) -> Result<Qpkg> {
     };
 
     let stripped = work.join("tailgate");
-    fs::copy(bin, &stripped).with_context(|| format!("copying {}", bin.display()))?;
-    util::run(
-        Command::new("strip")
-            .args([
-                "--remove-section=.comment",
-                "--remove-section=.note",
-                "--strip-unneeded",
-            ])
-            .arg(&stripped),
-    )?;
+    util::copy_stripped(bin, &stripped)?;
     let data = vec![
         Entry::Dir("bin".into()),
         Entry::from_disk("bin/tailgate", &stripped, 0o755)?,

@@ -65,16 +65,7 @@ pub fn build(root: &Path, bin: &Path) -> Result<Spk> {
 
     // package.tgz: what DSM unpacks into /var/packages/tailgate/target.
     let stripped = work.join("tailgate");
-    fs::copy(bin, &stripped).with_context(|| format!("copying {}", bin.display()))?;
-    util::run(
-        Command::new("strip")
-            .args([
-                "--remove-section=.comment",
-                "--remove-section=.note",
-                "--strip-unneeded",
-            ])
-            .arg(&stripped),
-    )?;
+    util::copy_stripped(bin, &stripped)?;
     let inner = vec![
         Entry::Dir("bin".into()),
         Entry::from_disk("bin/tailgate", &stripped, 0o755)?,

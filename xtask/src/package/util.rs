@@ -31,6 +31,23 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Strips symbols, comments and notes from the binary at `path`, in place.
+pub fn strip(path: &Path) -> Result<()> {
+    run(Command::new("strip")
+        .args([
+            "--remove-section=.comment",
+            "--remove-section=.note",
+            "--strip-unneeded",
+        ])
+        .arg(path))
+}
+
+/// Copies the binary `bin` to `to` and strips the copy.
+pub fn copy_stripped(bin: &Path, to: &Path) -> Result<()> {
+    fs::copy(bin, to).with_context(|| format!("copying {}", bin.display()))?;
+    strip(to)
+}
+
 /// Creates `dir` and its missing parents with mode 0755.
 pub fn mkdir(dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
