@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use rand_core::OsRng;
 use tailgate::derp::client::{self, ConnectOptions, Received};
 use tailgate::derp::map::RelayNode;
 use tailgate::derp::tls::ServerCert;
+use tailgate::io::mmsg::{send_many, DatagramBatch, Outgoing};
+use tailgate::io::udp_offload::{enable_gro, MAX_GSO_BYTES};
 use tailgate::peer_relay::server::PeerRelayServer;
 use tailgate::traversal::disco::{self, Message};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -55,6 +58,31 @@ impl Durations {
 /// for the packet rate, a full one (MTU 1280 + WireGuard's 32 bytes) for throughput.
 pub const SIZES: [usize; 2] = [96, 1312];
 
+/// The CPU the endpoints (senders and receivers) run on.
+const ENDPOINT_CPU: usize = 0;
+/// The CPU the relay (server process or peer relay thread) runs on: the endpoints and the
+/// relay do not compete for a core, as if the relay ran on a host of its own.
+const RELAY_CPU: usize = 1;
+
+/// Whether the machine has the two CPUs the benchmark pins to.
+fn can_pin() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() > RELAY_CPU)
+}
+
+/// Pins the calling thread to `cpu` (nothing on a machine with fewer CPUs).
+fn pin_current_thread(cpu: usize) {
+    if !can_pin() {
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (cpu < CPU_SETSIZE), and
+    // sched_setaffinity(0, …) only reads the set and changes the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// The paths compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path_ {
@@ -68,16 +96,23 @@ pub enum Path_ {
     PeerRelay,
     /// No relay: UDP between two sockets.
     DirectUdp,
+    /// [`Path_::PeerRelay`] with endpoints that work as a node's data path does: bursts of
+    /// datagrams per send (UDP GSO), runs of datagrams per receive (UDP GRO).
+    PeerRelayGso,
+    /// [`Path_::DirectUdp`] with the same endpoints.
+    DirectUdpGso,
 }
 
 impl Path_ {
     /// Every path, in report order.
-    pub const ALL: [Path_; 5] = [
+    pub const ALL: [Path_; 7] = [
         Path_::RelayTls,
         Path_::RelayPlain,
         Path_::RelayMesh,
         Path_::PeerRelay,
         Path_::DirectUdp,
+        Path_::PeerRelayGso,
+        Path_::DirectUdpGso,
     ];
 
     /// Name in the report.
@@ -88,6 +123,35 @@ impl Path_ {
             Path_::RelayMesh => "relay mesh (2 servers), TLS",
             Path_::PeerRelay => "peer relay (UDP session)",
             Path_::DirectUdp => "direct UDP (no relay)",
+            Path_::PeerRelayGso => "peer relay, endpoints with UDP GSO/GRO",
+            Path_::DirectUdpGso => "direct UDP, endpoints with UDP GSO/GRO",
+        }
+    }
+
+    /// Whether the sender hands the kernel 64 datagrams per call (UDP GSO).
+    fn gso(self) -> bool {
+        matches!(self, Path_::PeerRelayGso | Path_::DirectUdpGso)
+    }
+
+    /// Whether a peer relay thread carries the packets.
+    fn peer_relay(self) -> bool {
+        matches!(self, Path_::PeerRelay | Path_::PeerRelayGso)
+    }
+
+    /// Whether the packets go over plain UDP (no relay server).
+    fn udp(self) -> bool {
+        matches!(
+            self,
+            Path_::PeerRelay | Path_::DirectUdp | Path_::PeerRelayGso | Path_::DirectUdpGso
+        )
+    }
+
+    /// The direct path with the same sender, which the ratio columns compare with.
+    fn baseline(self) -> Path_ {
+        if self.gso() {
+            Path_::DirectUdpGso
+        } else {
+            Path_::DirectUdp
         }
     }
 }
@@ -147,6 +211,8 @@ pub struct Report {
     pub extra: Vec<String>,
     /// Wall time of the whole benchmark.
     pub elapsed: Duration,
+    /// Whether the endpoints and the relay ran on CPUs of their own.
+    pub pinned: bool,
 }
 
 impl Report {
@@ -182,7 +248,13 @@ fn start_relay(
     mesh: Option<(&Path, &str)>,
     state: &TempDir,
 ) -> Result<RelayProc> {
-    let mut cmd = ns.command(&tailgate.to_string_lossy());
+    let mut cmd = if can_pin() {
+        let mut c = ns.command("taskset");
+        c.args(["-c", &RELAY_CPU.to_string()]).arg(tailgate);
+        c
+    } else {
+        ns.command(&tailgate.to_string_lossy())
+    };
     cmd.args([
         "derp",
         "serve",
@@ -239,8 +311,10 @@ fn stat_cpu_secs(path: &str) -> f64 {
 
 /// Sends `size`-byte packets from a relay client on `a` to one on `b` for `dur`.
 fn relay_run(a: &ConnectOptions, b: &ConnectOptions, size: usize, dur: Duration) -> Result<Run> {
+    pin_current_thread(ENDPOINT_CPU);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(|| pin_current_thread(ENDPOINT_CPU))
         .enable_all()
         .build()?;
     rt.block_on(async {
@@ -300,33 +374,69 @@ fn relay_run(a: &ConnectOptions, b: &ConnectOptions, size: usize, dur: Duration)
     })
 }
 
-/// Sends `size`-byte UDP datagrams from `tx` to `to` for `dur`, one syscall each, and
-/// counts what `rx` receives.
+/// How many datagrams the GSO sender hands the kernel per call, at most (and at most
+/// [`MAX_GSO_BYTES`] in all).
+const GSO_BURST: usize = 64;
+
+/// Sends `size`-byte UDP datagrams from `tx` to `to` for `dur`, one syscall each, and counts
+/// what `rx` receives, one syscall each. With `gso` the endpoints work as a node's data path
+/// does: up to [`GSO_BURST`] datagrams per send (UDP GSO), and `rx` takes runs of datagrams
+/// the kernel coalesced (UDP GRO) with `recvmmsg`.
 fn udp_run(
     tx: UdpSocket,
     to: SocketAddr,
     rx: UdpSocket,
     size: usize,
+    gso: bool,
     dur: Duration,
 ) -> Result<Run> {
     rx.set_read_timeout(Some(Duration::from_millis(100)))?;
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (r2, s2) = (received.clone(), stop.clone());
+    pin_current_thread(ENDPOINT_CPU);
+    if gso && !enable_gro(rx.as_raw_fd()) {
+        bail!("the kernel refuses UDP GRO");
+    }
     let reader = std::thread::spawn(move || {
+        pin_current_thread(ENDPOINT_CPU);
         let mut buf = [0u8; 2048];
+        let mut batch = DatagramBatch::new(if gso { 64 } else { 1 });
         while !s2.load(Relaxed) {
-            if rx.recv(&mut buf).is_ok() {
-                r2.fetch_add(1, Relaxed);
+            if !gso {
+                if rx.recv(&mut buf).is_ok() {
+                    r2.fetch_add(1, Relaxed);
+                }
+                continue;
+            }
+            // Blocks up to the read timeout, then takes everything queued (GRO runs).
+            let mut peek = [0u8; 1];
+            if rx.peek(&mut peek).is_ok() {
+                if let Ok(n) = batch.recv(rx.as_raw_fd()) {
+                    let datagrams: usize = (0..n).map(|i| batch.datagrams(i)).sum();
+                    r2.fetch_add(datagrams as u64, Relaxed);
+                }
             }
         }
     });
     let packet = vec![0x5a; size];
+    let per_burst = GSO_BURST.min(MAX_GSO_BYTES / size).max(1);
+    let burst = vec![0x5a; size * per_burst];
+    tx.connect(to)?;
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < dur {
         for _ in 0..64 {
-            if tx.send_to(&packet, to).is_ok() {
+            if gso {
+                let run = Outgoing {
+                    data: &burst,
+                    to: None,
+                    segment: Some(size),
+                };
+                if matches!(send_many(tx.as_raw_fd(), &[run]), Ok(1)) {
+                    sent += per_burst as u64;
+                }
+            } else if tx.send(&packet).is_ok() {
                 sent += 1;
             }
         }
@@ -346,11 +456,11 @@ fn udp_run(
 }
 
 /// Sends `size`-byte UDP datagrams between two loopback sockets for `dur`.
-fn direct_run(size: usize, dur: Duration) -> Result<Run> {
+fn direct_run(size: usize, gso: bool, dur: Duration) -> Result<Run> {
     let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
     let to = rx.local_addr()?;
     let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    udp_run(tx, to, rx, size, dur)
+    udp_run(tx, to, rx, size, gso, dur)
 }
 
 /// Sessions of the benchmark's peer relay: one per run, with room to spare.
@@ -373,6 +483,7 @@ impl PeerRelayThread {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
+            pin_current_thread(RELAY_CPU);
             let started = (|| -> Result<_> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -476,7 +587,7 @@ fn join_peer_relay(
 
 /// Sends `size`-byte datagrams from one loopback socket to another through a session of
 /// `relay` for `dur`; the relay thread's CPU time is the run's relay CPU.
-fn peer_relay_run(relay: &PeerRelayThread, size: usize, dur: Duration) -> Result<Run> {
+fn peer_relay_run(relay: &PeerRelayThread, size: usize, gso: bool, dur: Duration) -> Result<Run> {
     let (ka, kb) = (
         StaticSecret::random_from_rng(OsRng),
         StaticSecret::random_from_rng(OsRng),
@@ -491,7 +602,7 @@ fn peer_relay_run(relay: &PeerRelayThread, size: usize, dur: Duration) -> Result
     let session = join_peer_relay(&a, &ka, relay_addr, &relay.key, pb)?;
     join_peer_relay(&b, &kb, relay_addr, &relay.key, pa)?;
     let cpu0 = relay.cpu_secs();
-    let mut run = udp_run(a, session, b, size, dur)?;
+    let mut run = udp_run(a, session, b, size, gso, dur)?;
     run.relay_cpu_secs = relay.cpu_secs() - cpu0;
     Ok(run)
 }
@@ -550,7 +661,7 @@ fn setup(ns: &Netns, tailgate: &Path, path: Path_, psk: &Path) -> Result<Setup> 
                 _state: vec![state1, state2],
             }
         }
-        Path_::PeerRelay | Path_::DirectUdp => bail!("{} needs no relay server", path.label()),
+        other => bail!("{} needs no relay server", other.label()),
     })
 }
 
@@ -570,22 +681,24 @@ pub fn run(tailgate: &Path, durations: Durations, extra: Vec<String>) -> Result<
         failures: Vec::new(),
         extra,
         elapsed: Duration::ZERO,
+        pinned: can_pin(),
     };
     for path in Path_::ALL {
         println!("== {}", path.label());
         let measured = (|| -> Result<Vec<(usize, Vec<Run>)>> {
-            let setup = match path {
-                Path_::PeerRelay | Path_::DirectUdp => None,
-                _ => Some(setup(&ns, tailgate, path, &psk)?),
+            let setup = match path.udp() {
+                true => None,
+                false => Some(setup(&ns, tailgate, path, &psk)?),
             };
-            let peer_relay = match path {
-                Path_::PeerRelay => Some(Arc::new(
+            let peer_relay = match path.peer_relay() {
+                true => Some(Arc::new(
                     ns.spawn_inside(PeerRelayThread::start)?
                         .join()
                         .map_err(|_| anyhow!("the peer relay thread panicked"))??,
                 )),
-                _ => None,
+                false => None,
             };
+            let gso = path.gso();
             let mut out = Vec::new();
             for size in SIZES {
                 let mut runs = Vec::new();
@@ -603,9 +716,9 @@ pub fn run(tailgate: &Path, durations: Durations, extra: Vec<String>) -> Result<
                         }
                         (None, Some(relay)) => {
                             let relay = relay.clone();
-                            ns.spawn_inside(move || peer_relay_run(&relay, size, dur))?
+                            ns.spawn_inside(move || peer_relay_run(&relay, size, gso, dur))?
                         }
-                        (None, None) => ns.spawn_inside(move || direct_run(size, dur))?,
+                        (None, None) => ns.spawn_inside(move || direct_run(size, gso, dur))?,
                     };
                     let mut r = measuring
                         .join()
@@ -681,22 +794,39 @@ pub fn render_markdown(r: &Report) -> String {
          relay row runs a peer relay (what `tailgate set --advertise-peer-relay` starts) on \
          a thread of this process; two UDP sockets allocate and bind a session as nodes do, \
          then one sends to the session port, one syscall per datagram, and the relay \
-         forwards to the other with `recvmmsg`/`sendmmsg` batches. The direct row sends the \
+         forwards to the other with `recvmmsg`/`sendmmsg` batches (a run of datagrams GRO \
+         coalesced goes on as one GSO send). The GSO/GRO rows repeat the peer relay and \
+         direct rows with endpoints that work as a node's data path does: the sender hands \
+         the kernel up to 64 datagrams per call (UDP GSO), the receiver takes runs of \
+         datagrams the kernel coalesced (UDP GRO) with `recvmmsg`; each \"vs direct\" ratio \
+         compares with the direct row of the same endpoints. The direct row sends the \
          same datagrams over UDP between two loopback sockets, one syscall each: the path \
          both relays stand in for when peers cannot reach each other. Relay CPU is the \
          server processes' (or the peer relay thread's) user + system time per received \
-         packet. On loopback a sender also pays for delivering into the receiving socket, \
-         so a relayed datagram costs two such hops where the direct one costs one, and the \
-         sender, the peer relay and the receiver share the machine's cores.\n",
+         packet.\n",
         SIZES[0], SIZES[1]
     );
+    if r.pinned {
+        let _ = writeln!(
+            s,
+            "The endpoints (sender, receiver, relay clients) run on CPU {ENDPOINT_CPU} and the \
+             relay (server processes, peer relay thread) on CPU {RELAY_CPU}, as if the relay \
+             ran on a host of its own; the direct row's two sockets share CPU {ENDPOINT_CPU} \
+             the same way. On loopback a sender also pays for delivering into the receiving \
+             socket.\n"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "The endpoints and the relay share the machine's one CPU.\n"
+        );
+    }
     let _ = writeln!(
         s,
-        "| path | {a} B kpps | loss % | relay CPU µs/packet | {b} B Gbit/s | {b} B kpps | loss % | relay CPU µs/packet | {a} B kpps vs direct |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | {a} B kpps | loss % | relay CPU µs/packet | {b} B Gbit/s | {b} B kpps | loss % | relay CPU µs/packet | {a} B kpps vs direct | {b} B Gbit/s vs direct |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         a = SIZES[0],
         b = SIZES[1]
     );
-    let direct_small = r.median(Path_::DirectUdp, SIZES[0], Run::pps);
     for path in Path_::ALL {
         if r.failures.iter().any(|(p, _)| *p == path) {
             continue;
@@ -706,26 +836,31 @@ pub fn render_markdown(r: &Report) -> String {
                 .filter(|v| v.is_finite())
         };
         let small = r.median(path, SIZES[0], Run::pps);
-        let ratio = match (small, direct_small) {
+        let large = r.median(path, SIZES[1], Run::gbps);
+        let vs_direct = |v: Option<f64>, size, f: fn(&Run) -> f64| match (
+            v,
+            r.median(path.baseline(), size, f),
+        ) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
             _ => "–".into(),
         };
         let loss = |size| fmt_opt(r.median(path, size, Run::loss_pct), |v| format!("{v:.1}"));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             path.label(),
             fmt_opt(small, |v| format!("{:.0}", v / 1e3)),
             loss(SIZES[0]),
             fmt_opt(cpu(SIZES[0]), |v| format!("{v:.1}")),
-            fmt_opt(r.median(path, SIZES[1], Run::gbps), |v| format!("{v:.2}")),
+            fmt_opt(large, |v| format!("{v:.2}")),
             fmt_opt(r.median(path, SIZES[1], Run::pps), |v| format!(
                 "{:.0}",
                 v / 1e3
             )),
             loss(SIZES[1]),
             fmt_opt(cpu(SIZES[1]), |v| format!("{v:.1}")),
-            ratio
+            vs_direct(small, SIZES[0], Run::pps),
+            vs_direct(large, SIZES[1], Run::gbps),
         );
     }
     for (path, why) in &r.failures {

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use socket2::SockAddr;
-use tailgate::io::mmsg::{send_many, DatagramBatch};
+use tailgate::io::mmsg::{send_many, DatagramBatch, Outgoing};
 use tailgate::stun::codec::{binding_request, BINDING_SUCCESS, MAGIC_COOKIE};
 use tailgate::stun::server::{StunCounters, StunServer, StunSnapshot};
 use tailgate::xdp::{AttachPreference, XdpStunCounters, XdpStunResponder};
@@ -440,8 +439,14 @@ fn generate(o: StunBenchOptions) -> Result<Phase> {
 /// `sendmmsg` of every request on the connected socket `s`; returns how many were sent (0 when
 /// the socket buffer is full).
 fn send_batch(s: &UdpSocket, requests: &[[u8; 28]]) -> Result<usize> {
-    let datagrams: Vec<(&[u8], Option<&SockAddr>)> =
-        requests.iter().map(|r| (&r[..], None)).collect();
+    let datagrams: Vec<Outgoing> = requests
+        .iter()
+        .map(|r| Outgoing {
+            data: r,
+            to: None,
+            segment: None,
+        })
+        .collect();
     match send_many(s.as_raw_fd(), &datagrams) {
         Ok(n) => Ok(n),
         Err(e) if quiet(&e) => Ok(0),

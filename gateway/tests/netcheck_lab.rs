@@ -64,25 +64,51 @@ fn path_of(node: &CtlNode) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn netcheck_reports_udp_the_underlay_address_and_the_nearest_region() {
+/// One relay (host 101, region [`LAB_REGION`]), a control server handing out its map, and
+/// node 1 (not logged in). Field order: the node stops first, the lab goes last.
+struct OneRelay {
+    a: CtlNode,
+    server: ControlServer,
+    _relay: RelayServer,
+    _dir: TempDir,
+    _lab: Lab,
+}
+
+fn one_relay(dual_stack: bool) -> OneRelay {
     assert!(lab::is_root(), "network-namespace tests need root");
     let lab = Lab::new().expect("lab");
     let dir = TempDir::new("tgnc1").unwrap();
-    let relay = RelayServer::start(&lab, bin(), 101).expect("relay");
+    let relay = if dual_stack {
+        RelayServer::start_dual_stack(&lab, bin(), 101)
+    } else {
+        RelayServer::start(&lab, bin(), 101)
+    }
+    .expect("relay");
     let map = relay.write_derp_map().unwrap();
     let server =
         ControlServer::start_with(&lab, bin(), &dir, &["--derp-map", map.to_str().unwrap()])
             .expect("control server");
     let a = CtlNode::start(&lab, bin(), 1, "").expect("node");
+    OneRelay {
+        a,
+        server,
+        _relay: relay,
+        _dir: dir,
+        _lab: lab,
+    }
+}
+
+#[test]
+fn netcheck_reports_udp_the_underlay_address_and_the_nearest_region() {
+    let OneRelay { a, server, .. } = &one_relay(false);
 
     // Not logged in: no relay map to check.
     let e = a.cli(&["netcheck"]).unwrap_err();
     assert!(e.contains("no relay map"), "{e}");
 
     let key = server.authkey(&[]).unwrap();
-    a.up(&server, &key, &["--hostname", "alpha"]).expect("up");
-    let r = netcheck(&a);
+    a.up(server, &key, &["--hostname", "alpha"]).expect("up");
+    let r = netcheck(a);
     assert_eq!(r["udp_v4"], true, "{r}");
     let global: std::net::SocketAddr = r["global_v4"].as_str().unwrap().parse().unwrap();
     assert_eq!(global.ip(), a.host.underlay_v4(), "{r}");
@@ -117,28 +143,20 @@ fn netcheck_reports_udp_the_underlay_address_and_the_nearest_region() {
     );
     // The daemon measured too: its home is the region, connected.
     wait_for("the home relay connection", Duration::from_secs(10), || {
-        Ok((home_of(&a) == Some((u64::from(LAB_REGION), true))).then_some(()))
+        Ok((home_of(a) == Some((u64::from(LAB_REGION), true))).then_some(()))
     })
     .expect("home region");
 }
 
 #[test]
 fn netcheck_reports_ipv6_when_the_relay_has_an_ipv6_address() {
-    assert!(lab::is_root(), "network-namespace tests need root");
-    let lab = Lab::new().expect("lab");
-    let dir = TempDir::new("tgnc6").unwrap();
-    let relay = RelayServer::start_dual_stack(&lab, bin(), 101).expect("relay");
-    let map = relay.write_derp_map().unwrap();
-    let server =
-        ControlServer::start_with(&lab, bin(), &dir, &["--derp-map", map.to_str().unwrap()])
-            .expect("control server");
-    let a = CtlNode::start(&lab, bin(), 1, "").expect("node");
+    let OneRelay { a, server, .. } = &one_relay(true);
     let key = server.authkey(&[]).unwrap();
-    a.up(&server, &key, &["--hostname", "alpha"]).expect("up");
+    a.up(server, &key, &["--hostname", "alpha"]).expect("up");
 
     // The STUN server answers over both families; each answer carries the underlay address
     // of its own family.
-    let r = netcheck(&a);
+    let r = netcheck(a);
     assert_eq!(
         (r["udp_v4"].clone(), r["udp_v6"].clone()),
         (true.into(), true.into()),
@@ -161,7 +179,7 @@ fn netcheck_reports_ipv6_when_the_relay_has_an_ipv6_address() {
         .ns
         .ip(&["-6", "addr", "flush", "dev", "eth0"])
         .expect("flush IPv6");
-    let r = netcheck(&a);
+    let r = netcheck(a);
     assert_eq!(
         (r["udp_v4"].clone(), r["udp_v6"].clone()),
         (true.into(), false.into()),

@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::mmsg::DatagramBatch;
+use super::mmsg::{self, DatagramBatch, Outgoing};
 use super::udp_offload;
 
 /// Socket buffer size requested for both directions (bursts of a fast tunnel).
@@ -118,12 +118,7 @@ impl WgSocket {
                 .await;
             match r {
                 Ok(_) => return Ok(()),
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
-                    ) =>
-                {
+                Err(e) if is_gso_refusal(&e) => {
                     log::warn!(
                         "UDP GSO refused by the kernel ({e}); sending one datagram per syscall"
                     );
@@ -173,29 +168,50 @@ impl WgSocket {
             .await
     }
 
-    /// Sends datagrams of `batch` (slot index and destination each) with as few `sendmmsg`
-    /// calls as the socket buffer allows; returns how many were sent (all, unless an error
-    /// other than a full buffer stopped it).
+    /// Sends slots of `batch` (slot index and destination each) with as few `sendmmsg`
+    /// calls as the socket buffer allows; a slot holding a GRO run goes on as the same
+    /// datagrams (with UDP GSO, or one by one where the kernel refuses GSO). Returns how many
+    /// slots were sent (all, unless an error other than a full buffer stopped it).
     pub async fn send_batch(
         &self,
         batch: &DatagramBatch,
         targets: &[(usize, SocketAddr)],
     ) -> io::Result<usize> {
         let fd = self.sock.as_raw_fd();
-        let wire: Vec<(usize, SockAddr)> = targets
+        let wire: Vec<SockAddr> = targets
             .iter()
-            .map(|(i, to)| (*i, SockAddr::from(self.wire_addr(*to))))
+            .map(|(_, to)| SockAddr::from(self.wire_addr(*to)))
             .collect();
         let mut sent = 0;
-        while sent < wire.len() {
-            let rest = &wire[sent..];
+        while sent < targets.len() {
+            let gso = self.gso_enabled();
+            let (slot, to) = targets[sent];
+            if let (Some(segment), false) = (batch.segment(slot), gso) {
+                self.send_segments(batch.slot(slot), segment, to).await?;
+                sent += 1;
+                continue;
+            }
+            // Up to the next run that needs sending one by one.
+            let end = (sent..targets.len())
+                .find(|&k| !gso && batch.segment(targets[k].0).is_some())
+                .unwrap_or(targets.len());
+            let outgoing: Vec<Outgoing> = (sent..end)
+                .map(|k| batch.outgoing(targets[k].0, &wire[k]))
+                .collect();
+            let has_runs = outgoing.iter().any(|o| o.segment.is_some());
             match self
                 .sock
-                .async_io(Interest::WRITABLE, || batch.send(fd, rest))
+                .async_io(Interest::WRITABLE, || mmsg::send_many(fd, &outgoing))
                 .await
             {
                 Ok(0) => break,
                 Ok(n) => sent += n,
+                Err(e) if has_runs && is_gso_refusal(&e) => {
+                    log::warn!(
+                        "UDP GSO refused by the kernel ({e}); sending one datagram per syscall"
+                    );
+                    self.gso.store(false, Ordering::Relaxed);
+                }
                 Err(e) if sent > 0 => {
                     log::debug!("sendmmsg: {e}");
                     break;
@@ -214,6 +230,14 @@ impl WgSocket {
             other => other,
         }
     }
+}
+
+/// Whether a send failed because the kernel (or the route's device) cannot do UDP GSO.
+fn is_gso_refusal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
+    )
 }
 
 /// Turns an IPv4-mapped IPv6 socket address into a plain IPv4 one.

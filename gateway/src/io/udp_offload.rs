@@ -21,10 +21,52 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 pub const MAX_GSO_BYTES: usize = 65000;
 
 /// Room for one `u16`/`int` control message.
-const CMSG_SPACE: usize = 64;
+pub(crate) const CMSG_SPACE: usize = 64;
 
+/// Room for the control messages of one datagram, aligned for `cmsghdr`.
 #[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_SPACE]);
+#[derive(Clone, Copy)]
+pub(crate) struct CmsgBuf(pub(crate) [u8; CMSG_SPACE]);
+
+impl CmsgBuf {
+    /// An empty buffer.
+    pub(crate) const EMPTY: CmsgBuf = CmsgBuf([0; CMSG_SPACE]);
+}
+
+/// Points `msg`'s control data at `cmsg`, holding a `UDP_SEGMENT` of `segment` bytes: the
+/// kernel splits the payload into datagrams of that size.
+pub(crate) fn set_segment(msg: &mut libc::msghdr, cmsg: &mut CmsgBuf, segment: usize) {
+    // SAFETY: CMSG_SPACE of a u16 fits in the aligned 64-byte buffer, which `msg` points
+    // at from here on; CMSG_FIRSTHDR is then non-null.
+    unsafe {
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(msg);
+        (*c).cmsg_level = SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
+    }
+}
+
+/// The `UDP_GRO` segment size in the control data of a received `msg` of `len` bytes, when
+/// the kernel coalesced several datagrams into it.
+pub(crate) fn gro_segment(msg: &libc::msghdr, len: usize) -> Option<usize> {
+    let mut segment = None;
+    // SAFETY: the kernel filled msg_control with well-formed cmsgs within msg_controllen
+    // (or left msg_controllen 0, for which CMSG_FIRSTHDR is null).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                segment = usize::try_from(size).ok().filter(|&s| s > 0 && s < len);
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    segment
+}
 
 /// Turns on `UDP_GRO`; false if the kernel refuses.
 pub fn enable_gro(fd: RawFd) -> bool {
@@ -56,16 +98,7 @@ pub fn send_segments(fd: RawFd, buf: &[u8], segment: usize, to: &SockAddr) -> io
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if segment < buf.len() {
-        // SAFETY: CMSG_SPACE of a u16 fits in the aligned 64-byte buffer.
-        unsafe {
-            msg.msg_control = cmsg.0.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = SOL_UDP;
-            (*c).cmsg_type = UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
-        }
+        set_segment(&mut msg, &mut cmsg, segment);
     }
     // SAFETY: msg points at live buffers for the duration of the call.
     let n = unsafe { libc::sendmsg(fd, &msg, 0) };
@@ -99,20 +132,7 @@ pub fn recv_coalesced(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAdd
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut segment = None;
-    // SAFETY: the kernel filled msg_control with well-formed cmsgs within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                segment = usize::try_from(size)
-                    .ok()
-                    .filter(|&s| s > 0 && s < n as usize);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
+    let segment = gro_segment(&msg, n as usize);
     let addr = socket_addr(&from).ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
     })?;

@@ -24,7 +24,8 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(120);
 /// A session whose two nodes are not both bound this long after it opened (or after it last
 /// forwarded) is closed: the other node is offline or cannot reach the relay.
 pub const UNBOUND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Datagrams a session reads (`recvmmsg`) and sends on (`sendmmsg`) per system call.
+/// Datagrams (or GRO runs) a session reads (`recvmmsg`) and sends on (`sendmmsg`) per
+/// system call.
 const SESSION_BATCH: usize = 32;
 /// Sealed messages opened per second and socket, at most (each costs a key agreement).
 const OPENS_PER_SEC: u32 = 200;
@@ -293,7 +294,8 @@ async fn session_for(inner: &Arc<Inner>, a: NodeKey, b: NodeKey) -> Option<u16> 
     if !new {
         return Some(port);
     }
-    let sock = match WgSocket::bind(port, false).await {
+    // UDP GRO/GSO: a burst of one node's datagrams is read and sent on as one run.
+    let sock = match WgSocket::bind(port, true).await {
         Ok(s) => s,
         Err(e) => {
             log::warn!("peer relay: session port {port}: {e}");
@@ -351,18 +353,22 @@ async fn serve_session(inner: Arc<Inner>, sock: WgSocket, port: u16, mut session
         };
         targets.clear();
         for i in 0..n {
-            let Some((d, src)) = batch.get(i) else {
-                c.dropped_junk.fetch_add(1, Relaxed);
+            let Some((run, src)) = batch.get(i) else {
+                c.dropped_junk.fetch_add(batch.datagrams(i) as u64, Relaxed);
                 continue;
             };
             match session.forward(src) {
                 Ok(to) => targets.push((i, to)),
                 Err(true) => {
-                    c.dropped_unbound.fetch_add(1, Relaxed);
+                    c.dropped_unbound
+                        .fetch_add(batch.datagrams(i) as u64, Relaxed);
                 }
                 Err(false) => {
-                    if bind_step(&inner, &sock, port, &mut session, &mut budget, d, src).await {
-                        active = Instant::now();
+                    let datagram_len = batch.segment(i).unwrap_or(run.len()).max(1);
+                    for d in run.chunks(datagram_len) {
+                        if bind_step(&inner, &sock, port, &mut session, &mut budget, d, src).await {
+                            active = Instant::now();
+                        }
                     }
                 }
             }
@@ -371,17 +377,16 @@ async fn serve_session(inner: Arc<Inner>, sock: WgSocket, port: u16, mut session
             continue;
         }
         let sent = sock.send_batch(&batch, &targets).await.unwrap_or(0);
-        if sent > 0 {
+        let (done, failed) = targets.split_at(sent);
+        if !done.is_empty() {
             active = Instant::now();
-            let bytes: usize = targets[..sent]
-                .iter()
-                .map(|(i, _)| batch.slot(*i).len())
-                .sum();
-            c.forwarded_packets.fetch_add(sent as u64, Relaxed);
+            let bytes: usize = done.iter().map(|(i, _)| batch.slot(*i).len()).sum();
+            let packets: usize = done.iter().map(|(i, _)| batch.datagrams(*i)).sum();
+            c.forwarded_packets.fetch_add(packets as u64, Relaxed);
             c.forwarded_bytes.fetch_add(bytes as u64, Relaxed);
         }
-        c.send_errors
-            .fetch_add((targets.len() - sent) as u64, Relaxed);
+        let lost: usize = failed.iter().map(|(i, _)| batch.datagrams(*i)).sum();
+        c.send_errors.fetch_add(lost as u64, Relaxed);
     }
     lock(&inner.sessions).remove(&port);
     drop(sock);
