@@ -150,7 +150,10 @@ pub async fn run(mut opts: DaemonOptions) -> Result<()> {
     }));
     routes.lock().await.sync(&dev.allowed_networks()).await?;
     let xdp = attach_xdp(&cfg, &netlink, listen_port, opts.no_xdp, opts.xdp).await;
-    let fast = fast_path(&cfg, &opts, &netlink, xdp.interface.clone());
+    // Replies lan_return de-NATs come back through AF_XDP sockets the fast path binds.
+    let (lan_sockets, lan_sockets_rx) = tokio::sync::mpsc::unbounded_channel();
+    let fast =
+        fast_path(&cfg, &opts, &netlink, xdp.interface.clone()).with_lan_sockets(lan_sockets);
     let xdp = Arc::new(Mutex::new(xdp));
     let mut routing = Routing::new(&iface.name, index, netlink.clone(), fast);
     if netstack.is_some() {
@@ -224,6 +227,7 @@ pub async fn run(mut opts: DaemonOptions) -> Result<()> {
         });
     }
     tasks.spawn(named("tun reader", datapath::tun_to_udp(dev.clone())));
+    tasks.spawn(async_ok(read_lan_sockets(dev.clone(), lan_sockets_rx)));
     tasks.spawn(named("udp reader", datapath::udp_to_tun(dev.clone())));
     tasks.spawn(async_ok(datapath::timers(dev.clone())));
     tasks.spawn(async_ok(refresh_routing(routing.clone(), dev.clone())));
@@ -302,6 +306,38 @@ async fn named(
     f: impl std::future::Future<Output = std::io::Result<()>>,
 ) -> Result<()> {
     f.await.with_context(|| what)
+}
+
+/// Runs one [`datapath::xsk_to_udp`] reader per AF_XDP socket the fast path hands over, for
+/// as long as the daemon runs (readers stop with their socket's generation).
+async fn read_lan_sockets(
+    dev: Arc<Device>,
+    mut sockets: tokio::sync::mpsc::UnboundedReceiver<crate::forwarding::LanSocket>,
+) {
+    let mut readers = JoinSet::new();
+    loop {
+        tokio::select! {
+            got = sockets.recv() => match got {
+                Some(s) => {
+                    let dev = dev.clone();
+                    readers.spawn(async move {
+                        let (ifindex, queue) = (s.socket.ifindex(), s.socket.queue());
+                        if let Err(e) = datapath::xsk_to_udp(dev, s.socket, s.stop).await {
+                            log::warn!(
+                                "AF_XDP reader for ifindex {ifindex} queue {queue} stopped: {e}; \
+                                 that queue's replies go through the kernel"
+                            );
+                        }
+                    });
+                }
+                None => break,
+            },
+            Some(_) = readers.join_next() => {}
+        }
+    }
+    // The fast path is gone (shutting down): let the readers finish on their own.
+    while readers.join_next().await.is_some() {}
+    std::future::pending::<()>().await;
 }
 
 async fn async_ok(f: impl std::future::Future<Output = ()>) -> Result<()> {

@@ -3,6 +3,10 @@
 //! and with the fallback path (`::kernel`: `--no-xdp`, kernel forwarding + nftables
 //! masquerade, 4via6 in userspace). Needs root; every namespace, link, rule and process is
 //! removed on drop.
+//!
+//! On the XDP path the LAN hosts send full transport checksums (`ethtool -K eth1 tx off`), so
+//! `lan_return` hands the NATed replies to the daemon's AF_XDP sockets (replies with partial
+//! checksums stay with the kernel); a separate test keeps the offload on.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -93,10 +97,34 @@ fn wait_for_path(router: &Node, path: Path, route: &str) {
     }
 }
 
+/// Makes a LAN host compute full transport checksums (no TX checksum offload on its veth):
+/// only such replies go to the router's AF_XDP sockets.
+fn full_checksums(lan: &Netns) {
+    lan.exec("ethtool", &["-K", "eth1", "tx", "off"])
+        .expect("ethtool -K eth1 tx off");
+}
+
+/// A LAN host behind node `node` (see [`Lab::lan_host`]); on the XDP path it sends full
+/// checksums, so the replies take the AF_XDP return path.
+fn lan_host(lab: &mut Lab, path: Path, node: usize, router: &str, host: &str) -> usize {
+    let i = lab.lan_host(node, "lan0", router, host).expect("LAN host");
+    if path == Path::Xdp {
+        full_checksums(&lab.lan_hosts[i]);
+    }
+    i
+}
+
 /// On the XDP path, the router's counters must show packets forwarded to the LAN and, for
-/// NATed flows (`snat`), replies returned by XDP (replies of flows XDP did not NAT are
-/// ordinary routed packets the kernel forwards).
+/// NATed flows (`snat`), replies returned by XDP and read by the daemon from its AF_XDP
+/// sockets (replies of flows XDP did not NAT are ordinary routed packets the kernel
+/// forwards).
 fn assert_forwarded_by(router: &Node, path: Path, snat: bool) {
+    assert_returned(router, path, snat, true);
+}
+
+/// Like [`assert_forwarded_by`]; `via_sockets` says whether the NATed replies must have gone
+/// through the AF_XDP sockets (LAN hosts sending full checksums).
+fn assert_returned(router: &Node, path: Path, snat: bool, via_sockets: bool) {
     let st = status_json(router);
     let c = &st["routing"]["fast_path"]["counters"];
     let n = |side: &str, key: &str| c[side][key].as_u64().unwrap_or(0);
@@ -108,6 +136,25 @@ fn assert_forwarded_by(router: &Node, path: Path, snat: bool) {
                 out > 0 && (back > 0 || !snat),
                 "XDP did not forward: {st:#}"
             );
+            let ret = st["routing"]["fast_path"]["return_path"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(ret.starts_with("AF_XDP sockets on lan0"), "{st:#}");
+            let (to_sockets, read) = (
+                n("lan", "redirected_xsk"),
+                st["batching"]["xsk_read_packets"].as_u64().unwrap_or(0),
+            );
+            if snat && via_sockets {
+                // Every reply XDP de-NATed went to a socket, and the daemon read it.
+                assert!(
+                    to_sockets > 0 && to_sockets >= back && read >= to_sockets,
+                    "replies did not take the AF_XDP sockets: {st:#}\n{}",
+                    router.log()
+                );
+            } else if snat {
+                // Partial checksums (TCP, UDP) went to the kernel; ICMP replies may not.
+                assert!(to_sockets < back, "{st:#}");
+            }
         }
         Path::Kernel => assert!(c.is_null(), "{st:#}"),
     }
@@ -198,9 +245,23 @@ fn ping(ns: &Netns, dst: &str) -> Result<String> {
     ns.exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", "-w", "8", dst])
 }
 
+/// What the LAN host's veth does with transport checksums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checksums {
+    /// Computed in full (offload off): replies go to the router's AF_XDP sockets.
+    Full,
+    /// Left partial (offload on, the veth default): replies go through the kernel.
+    Partial,
+}
+
 /// A client (node 1, accepts routes) and a subnet router (node 2) for 192.168.50.0/24 with
-/// a LAN host 192.168.50.5.
+/// a LAN host 192.168.50.5 (sending full checksums on the XDP path).
 fn router_lab(path: Path, snat: bool) -> Result<Lab> {
+    router_lab_with(path, snat, Checksums::Full)
+}
+
+/// [`router_lab`] with the LAN host's checksum behaviour chosen.
+fn router_lab_with(path: Path, snat: bool, checksums: Checksums) -> Result<Lab> {
     let mut lab = Lab::new()?;
     let (kc, kr) = (Keypair::generate()?, Keypair::generate()?);
     lab.start_with(
@@ -210,7 +271,10 @@ fn router_lab(path: Path, snat: bool) -> Result<Lab> {
         &[peer_with(&kc, 1, false, "")],
         &format!("advertise_routes = [\"192.168.50.0/24\"]\nsnat_subnet_routes = {snat}\n"),
     )?;
-    lab.lan_host(0, "lan0", "192.168.50.1/24", "192.168.50.5/24")?;
+    let host = lab.lan_host(0, "lan0", "192.168.50.1/24", "192.168.50.5/24")?;
+    if path == Path::Xdp && checksums == Checksums::Full {
+        full_checksums(&lab.lan_hosts[host]);
+    }
     lab.start_with(
         Kind::tailgate(TAILGATE),
         1,
@@ -245,6 +309,23 @@ fn subnet_router_snat_on_lan_sees_router_address(path: Path) {
     );
     assert!(status.contains("subnet SNAT: on"), "{status}");
     assert_forwarded_by(&lab.nodes[0], path, true);
+}
+
+/// With the LAN host's checksum offload left on, its TCP and UDP replies carry partial
+/// checksums: `lan_return` leaves them to the kernel (XDP_PASS into the TUN) even though the
+/// AF_XDP sockets are registered, and everything still works.
+#[test]
+fn partial_checksum_replies_take_the_kernel_return_path() {
+    require_root();
+    let lab = router_lab_with(Path::Xdp, true, Checksums::Partial).expect("lab");
+    let client = &lab.nodes[1].host.ns;
+    ping(client, "192.168.50.5").unwrap_or_else(|e| panic!("{e:#}\n{}", lab.nodes[0].log()));
+    let server = whoami_server(&lab.lan_hosts[0], "lan", 7003).unwrap();
+    let (tcp, udp) = ask_whoami(client, "192.168.50.5:7003".parse().unwrap()).unwrap();
+    server.join().unwrap().unwrap();
+    assert_eq!(tcp, "lan 192.168.50.1");
+    assert_eq!(udp, "lan 192.168.50.1");
+    assert_returned(&lab.nodes[0], Path::Xdp, true, false);
 }
 
 on_both_paths!(subnet_router_snat_off_keeps_tailnet_source);
@@ -317,8 +398,7 @@ fn four_via_six_reaches_overlapping_sites(path: Path) {
                 &format!("\n[[via]]\nsite = {site}\nroutes = [\"10.1.1.0/24\"]\n"),
             )
             .unwrap();
-        lab.lan_host(i, "lan0", "10.1.1.1/24", "10.1.1.5/24")
-            .unwrap();
+        lan_host(&mut lab, path, i, "10.1.1.1/24", "10.1.1.5/24");
     }
     let route = |site: u16| format!("routes = [\"fd7a:115c:a1e0:b1a:0:{site:x}:a01:100/120\"]\n");
     lab.start_with(
@@ -373,8 +453,7 @@ fn longest_prefix_wins_across_routers(path: Path) {
             "advertise_routes = [\"10.0.0.0/16\"]\n",
         )
         .unwrap();
-    lab.lan_host(a, "lan0", "10.0.0.1/16", "10.0.2.5/16")
-        .unwrap();
+    lan_host(&mut lab, path, a, "10.0.0.1/16", "10.0.2.5/16");
     let b = lab
         .start_with(
             path.router(),
@@ -384,8 +463,7 @@ fn longest_prefix_wins_across_routers(path: Path) {
             "advertise_routes = [\"10.0.1.0/24\"]\n",
         )
         .unwrap();
-    lab.lan_host(b, "lan0", "10.0.1.1/24", "10.0.1.5/24")
-        .unwrap();
+    lan_host(&mut lab, path, b, "10.0.1.1/24", "10.0.1.5/24");
     lab.start_with(
         Kind::tailgate(TAILGATE),
         1,

@@ -127,6 +127,13 @@ impl E2eTest {
         matches!(self, E2eTest::TcpRev | E2eTest::UdpRev)
     }
 
+    /// Whether the LAN host sends with full transport checksums (TX checksum offload off on
+    /// its veth, on every path): UDP from the LAN, so that the XDP router's `lan_return` can
+    /// hand the replies to the daemon's AF_XDP sockets (partial checksums go to the kernel).
+    pub fn full_checksums(self) -> bool {
+        self == E2eTest::UdpRev
+    }
+
     /// Short name for tables and logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -173,6 +180,9 @@ pub struct XdpDelta {
     pub lan_returned: u64,
     /// `lan_return` passed untouched (every `passed_*`).
     pub lan_passed: u64,
+    /// De-NATed replies `lan_return` handed to the daemon's AF_XDP sockets
+    /// (`redirected_xsk`; the rest of `lan_returned` went to the kernel).
+    pub lan_to_sockets: u64,
 }
 
 impl XdpDelta {
@@ -197,6 +207,7 @@ impl XdpDelta {
                 k.starts_with("returned_") && k != "returned_icmp_error"
             }),
             lan_passed: sum("lan", &|k| k.starts_with("passed_")),
+            lan_to_sockets: sum("lan", &|k| k == "redirected_xsk"),
         }
     }
 
@@ -210,6 +221,7 @@ impl XdpDelta {
                 .saturating_sub(earlier.tun_passed_other),
             lan_returned: self.lan_returned.saturating_sub(earlier.lan_returned),
             lan_passed: self.lan_passed.saturating_sub(earlier.lan_passed),
+            lan_to_sockets: self.lan_to_sockets.saturating_sub(earlier.lan_to_sockets),
         }
     }
 
@@ -220,6 +232,7 @@ impl XdpDelta {
         self.tun_passed_other += other.tun_passed_other;
         self.lan_returned += other.lan_returned;
         self.lan_passed += other.lan_passed;
+        self.lan_to_sockets += other.lan_to_sockets;
     }
 
     /// Packets XDP forwarded itself, either way.
@@ -331,6 +344,15 @@ impl RouterLab {
             bail!("the XDP router reports no fast-path counters");
         }
         Ok(Some(XdpDelta::from_counters(c)))
+    }
+
+    /// Turns TX checksum offload on the LAN host's veth on or off.
+    fn lan_checksum_offload(&self, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        self.lan_ns()
+            .exec("ethtool", &["-K", "eth1", "tx", state])
+            .with_context(|| format!("ethtool -K eth1 tx {state} on the LAN host"))?;
+        Ok(())
     }
 
     fn check_running(&mut self) -> Result<()> {
@@ -500,11 +522,23 @@ fn udp_rate(r: &IperfResult) -> Result<(f64, f64)> {
 
 /// One measured run, with the XDP counters around it.
 fn run_once(rl: &mut RouterLab, test: E2eTest, seconds: u32, port: u16) -> Result<Run> {
-    let before = rl.counters()?;
-    let iperf = run_iperf(rl, test, seconds, port);
+    if test.full_checksums() {
+        rl.lan_checksum_offload(false)?;
+    }
+    let before = rl.counters();
+    let iperf = before
+        .as_ref()
+        .map_err(|e| anyhow!("{e:#}"))
+        .and_then(|_| run_iperf(rl, test, seconds, port));
+    let restored = match test.full_checksums() {
+        true => rl.lan_checksum_offload(true),
+        false => Ok(()),
+    };
+    let before = before?;
     rl.check_running()?;
     let after = rl.counters()?;
     let iperf = iperf?;
+    restored?;
     Ok(Run {
         iperf,
         xdp: match (before, after) {
@@ -529,8 +563,8 @@ fn record(t: &mut TestFigures, run: Result<Run>) -> String {
                 .xdp
                 .map(|d| {
                     format!(
-                        " (XDP: {} forwarded, {} returned, {} GSO passed)",
-                        d.tun_forwarded, d.lan_returned, d.tun_passed_gso
+                        " (XDP: {} forwarded, {} returned ({} to AF_XDP sockets), {} GSO passed)",
+                        d.tun_forwarded, d.lan_returned, d.lan_to_sockets, d.tun_passed_gso
                     )
                 })
                 .unwrap_or_default();
@@ -700,6 +734,7 @@ mod tests {
                 tun_passed_other: 3,
                 lan_returned: 5,
                 lan_passed: 5,
+                lan_to_sockets: 0,
             }
         );
         let z = XdpDelta::from_counters(&Value::Null);

@@ -452,7 +452,14 @@ fn end_to_end(s: &mut String, r: &Report) {
          more offered than either path carries), both directions; datagrams per second the \
          receiver got, and the loss iperf3 reports.\n\
          - XDP counters: the router's `routing.fast_path.counters` from `tailgate status \
-         --json` before and after each run, summed over the runs.\n",
+         --json` before and after each run, summed over the runs.\n\
+         - Return path: the XDP routers hand the replies `lan_return` de-NATs to AF_XDP \
+         sockets on `lan0` that the daemon reads and encrypts like packets from its TUN; \
+         replies with partial transport checksums (a sender on this machine with checksum \
+         offload, as the LAN host's veth has by default) go through the kernel into the TUN \
+         instead. For UDP ← LAN the LAN host's TX checksum offload is off (`ethtool -K eth1 \
+         tx off`, on every path alike), so the XDP routers' replies take the sockets; the TCP \
+         tests keep the offload (and TSO) on, so their replies take the kernel.\n",
         UDP_PAYLOAD + 28,
         t = d.iperf_seconds
     );
@@ -506,16 +513,17 @@ fn end_to_end(s: &mut String, r: &Report) {
              `tun_forward` sees what the router's daemon writes into its TUN (client → LAN); \
              GSO super-packets (TCP segments the daemon coalesced) are NATed and passed for the \
              kernel to segment and route. `lan_return` sees what arrives on `lan0` (LAN → \
-             client) and hands de-NATed replies to the kernel, which routes them into the \
-             TUN. In generic mode `lan_return` runs after GRO, so one packet it counts can be \
+             client) and hands de-NATed replies to the daemon's AF_XDP sockets (full \
+             checksums; counted again under \"to AF_XDP sockets\") or to the kernel, which \
+             routes them into the TUN (partial checksums). In generic mode `lan_return` runs after GRO, so one packet it counts can be \
              several merged TCP segments; in native mode it runs before GRO and counts every \
              segment.\n"
         );
         let _ = writeln!(
             s,
             "| router | test | tun_forward redirected | tun_forward passed GSO | tun_forward \
-             passed, other | lan_return returned | lan_return passed \
-             |\n|---|---|---:|---:|---:|---:|---:|"
+             passed, other | lan_return returned | to AF_XDP sockets | lan_return passed \
+             |\n|---|---|---:|---:|---:|---:|---:|---:|"
         );
         for (path, f) in &xdp_paths {
             for t in &f.tests {
@@ -523,17 +531,19 @@ fn end_to_end(s: &mut String, r: &Report) {
                     Some(x) => {
                         let _ = writeln!(
                             s,
-                            "| {path} | {} | {} | {} | {} | {} | {} |",
+                            "| {path} | {} | {} | {} | {} | {} | {} | {} |",
                             t.test.name(),
                             grouped(x.tun_forwarded),
                             grouped(x.tun_passed_gso),
                             grouped(x.tun_passed_other),
                             grouped(x.lan_returned),
+                            grouped(x.lan_to_sockets),
                             grouped(x.lan_passed)
                         );
                     }
                     None => {
-                        let _ = writeln!(s, "| {path} | {} | – | – | – | – | – |", t.test.name());
+                        let _ =
+                            writeln!(s, "| {path} | {} | – | – | – | – | – | – |", t.test.name());
                     }
                 }
             }

@@ -208,6 +208,14 @@ impl Status {
             per(b.udp_recv_datagrams, b.udp_recvs),
             per(b.tun_write_packets, b.tun_writes)
         );
+        if b.xsk_reads > 0 {
+            let _ = writeln!(
+                s,
+                "  AF_XDP: {} replies read from the sockets, {:.1} per batch",
+                b.xsk_read_packets,
+                per(b.xsk_read_packets, b.xsk_reads)
+            );
+        }
         let r = &self.routing;
         if !r.advertised.is_empty() {
             let _ = writeln!(s, "  advertised routes: {}", r.advertised.join(", "));
@@ -240,6 +248,9 @@ impl Status {
                         "  XDP replies handed to AF_XDP sockets (not the kernel): {xsk}"
                     );
                 }
+            }
+            if let Some(ret) = &f.return_path {
+                let _ = writeln!(s, "  return: {ret}");
             }
             for k in &f.kernel_routes {
                 let _ = writeln!(s, "  kernel path: {k}");

@@ -54,6 +54,10 @@ pub struct BatchCounters {
     pub tun_writes: AtomicU64,
     /// Packets those writes carried.
     pub tun_write_packets: AtomicU64,
+    /// Receive batches read from AF_XDP sockets (replies `lan_return` redirected).
+    pub xsk_reads: AtomicU64,
+    /// Packets those batches carried.
+    pub xsk_read_packets: AtomicU64,
 }
 
 /// A snapshot of [`BatchCounters`].
@@ -73,6 +77,12 @@ pub struct BatchSnapshot {
     pub tun_writes: u64,
     /// Packets written.
     pub tun_write_packets: u64,
+    /// Receive batches read from AF_XDP sockets.
+    #[serde(default)]
+    pub xsk_reads: u64,
+    /// Packets read from AF_XDP sockets.
+    #[serde(default)]
+    pub xsk_read_packets: u64,
 }
 
 impl BatchCounters {
@@ -92,6 +102,8 @@ impl BatchCounters {
             udp_recv_datagrams: r(&self.udp_recv_datagrams),
             tun_writes: r(&self.tun_writes),
             tun_write_packets: r(&self.tun_write_packets),
+            xsk_reads: r(&self.xsk_reads),
+            xsk_read_packets: r(&self.xsk_read_packets),
         }
     }
 }

@@ -8,6 +8,13 @@
 //! exit-node traffic, IPv6 subnets, routes whose LAN is not up yet — takes the kernel path
 //! (forwarding + nftables masquerade, 4via6 in userspace). The resolution is repeated by
 //! [`FastPath::refresh`], so LAN interfaces that appear after start-up are picked up.
+//!
+//! Replies `lan_return` de-NATs go to AF_XDP sockets when the daemon reads them
+//! ([`FastPath::with_lan_sockets`]): one socket per receive queue of the (first) served LAN
+//! interface, registered in `LAN_XSKS` and handed to the daemon with a stop token. The sockets
+//! are rebound whenever the programs or that interface change; the old generation's readers
+//! stop when their token is dropped. Without sockets (binding refused, no reader) the kernel
+//! takes the replies (`XDP_PASS` into the TUN).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,6 +22,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use tokio::sync::{mpsc, watch};
+
+use crate::afxdp::{XdpSocket, XdpSocketConfig};
 use crate::nat::via6::{self, SiteId};
 use crate::netcfg::Netlink;
 use crate::prefs::RoutingPrefs;
@@ -39,6 +49,27 @@ pub struct FastPathStatus {
     pub connections: usize,
     /// Both programs' counters (`tun` and `lan`).
     pub counters: Option<serde_json::Value>,
+    /// Where replies `lan_return` de-NATs go: `AF_XDP sockets on lan0 (queues 0)` or
+    /// `kernel (XDP_PASS into the TUN): <why>`.
+    #[serde(default)]
+    pub return_path: Option<String>,
+}
+
+/// An AF_XDP socket the fast path registered for one receive queue of a LAN interface, for
+/// the daemon to read (see [`crate::device::datapath::xsk_to_udp`]).
+pub struct LanSocket {
+    /// The bound, registered socket.
+    pub socket: XdpSocket,
+    /// Changes (or closes) when the socket is unregistered: its reader must stop and drop it.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// The sockets of one generation: one LAN interface, one socket per receive queue.
+struct SocketGeneration {
+    ifname: String,
+    queues: Vec<u32>,
+    /// Dropping it stops the generation's readers.
+    _stop: watch::Sender<bool>,
 }
 
 /// An advertised route the fast path could serve, and the IPv4 network its traffic goes to.
@@ -79,6 +110,11 @@ pub struct FastPath {
     xdp: Option<XdpForward>,
     layout: Layout,
     snat: bool,
+    /// Where AF_XDP sockets for returned replies go (`None`: no reader, kernel return path).
+    lan_sockets: Option<mpsc::UnboundedSender<LanSocket>>,
+    sockets: Option<SocketGeneration>,
+    /// The interface sockets could not be bound on, and why (not retried for it).
+    sockets_refused: Option<(String, String)>,
 }
 
 impl FastPath {
@@ -102,7 +138,18 @@ impl FastPath {
             xdp: None,
             layout: Layout::default(),
             snat: true,
+            lan_sockets: None,
+            sockets: None,
+            sockets_refused: None,
         }
+    }
+
+    /// Returns replies through AF_XDP sockets: whenever `lan_return` runs, one socket per
+    /// receive queue of the served LAN interface is bound, registered and sent on `to` for the
+    /// daemon to read.
+    pub fn with_lan_sockets(mut self, to: mpsc::UnboundedSender<LanSocket>) -> FastPath {
+        self.lan_sockets = Some(to);
+        self
     }
 
     /// Brings the programs in line with `prefs`. Failures switch the fast path off for good
@@ -151,6 +198,7 @@ impl FastPath {
         keep_via_off(&mut layout, &generic);
         if let Err(e) = self.install(&mut layout, &modes) {
             log::warn!("XDP forwarding disabled: {e}; the kernel path forwards everything");
+            self.sockets = None;
             self.xdp = None;
             self.off = Some(e);
             self.layout = Layout::default();
@@ -165,6 +213,108 @@ impl FastPath {
             );
         }
         self.layout = layout;
+        self.sync_sockets().await;
+    }
+
+    /// Keeps one generation of AF_XDP sockets registered for the first served LAN interface
+    /// while `lan_return` runs there; rebinds when the programs or that interface change.
+    async fn sync_sockets(&mut self) {
+        let Some(to) = self.lan_sockets.clone() else {
+            return;
+        };
+        let Some(xdp) = &mut self.xdp else {
+            self.sockets = None;
+            return;
+        };
+        let want = self
+            .layout
+            .lan
+            .keys()
+            .find(|n| xdp.lan_attachments().iter().any(|(a, _)| a == n))
+            .cloned();
+        let current = self
+            .sockets
+            .as_ref()
+            .map(|g| (g.ifname.clone(), g.queues.clone()));
+        let registered = xdp.xsk_registrations().map(|(n, q)| (n.to_string(), q));
+        if current.is_some()
+            && current == registered
+            && current.as_ref().map(|c| &c.0) == want.as_ref()
+        {
+            return;
+        }
+        if let Some(old) = self.sockets.take() {
+            for q in &old.queues {
+                // The kernel already dropped closed sockets from the map.
+                if let Err(e) = xdp.unregister_xsk(*q) {
+                    log::debug!("AF_XDP: unregistering queue {q} of {}: {e}", old.ifname);
+                }
+            }
+            log::info!("AF_XDP return path on {} stopped", old.ifname);
+        }
+        let Some(ifname) = want else {
+            return;
+        };
+        if self
+            .sockets_refused
+            .as_ref()
+            .is_some_and(|(n, _)| *n == ifname)
+        {
+            return;
+        }
+        let bound = match self.netlink.link_index(&ifname).await {
+            Ok(idx) => bind_sockets(xdp, &ifname, idx),
+            Err(e) => Err(format!("no index for {ifname}: {e:#}")),
+        };
+        match bound {
+            Ok(sockets) => {
+                let (stop, stop_rx) = watch::channel(false);
+                let queues: Vec<u32> = sockets.iter().map(XdpSocket::queue).collect();
+                for socket in sockets {
+                    let handed = to.send(LanSocket {
+                        socket,
+                        stop: stop_rx.clone(),
+                    });
+                    if let Err(mpsc::error::SendError(s)) = handed {
+                        let _ = xdp.unregister_xsk(s.socket.queue());
+                    }
+                }
+                log::info!("replies on {ifname} return through AF_XDP sockets (queues {queues:?})");
+                self.sockets_refused = None;
+                self.sockets = Some(SocketGeneration {
+                    ifname,
+                    queues,
+                    _stop: stop,
+                });
+            }
+            Err(why) => {
+                log::warn!(
+                    "AF_XDP return path off on {ifname}: {why}; replies go through the kernel \
+                     (XDP_PASS into the TUN)"
+                );
+                self.sockets_refused = Some((ifname, why));
+            }
+        }
+    }
+
+    /// Where replies `lan_return` de-NATs go, and why, for `tailgate status`.
+    fn return_path(&self) -> String {
+        const KERNEL: &str = "kernel (XDP_PASS into the TUN)";
+        if let Some(g) = &self.sockets {
+            let queues: Vec<String> = g.queues.iter().map(ToString::to_string).collect();
+            return format!(
+                "AF_XDP sockets on {} (queues {})",
+                g.ifname,
+                queues.join(", ")
+            );
+        }
+        if self.lan_sockets.is_none() {
+            return format!("{KERNEL}: no AF_XDP reader in this process");
+        }
+        match &self.sockets_refused {
+            Some((ifname, why)) => format!("{KERNEL}: no AF_XDP sockets on {ifname}: {why}"),
+            None => format!("{KERNEL}: no served LAN interface"),
+        }
     }
 
     /// Loads/attaches as needed (LAN interfaces in the given modes) and writes LAN
@@ -240,6 +390,7 @@ impl FastPath {
 
     /// Detaches and unloads the programs (the kernel path takes over).
     pub fn shutdown(&mut self) {
+        self.sockets = None;
         self.xdp = None;
         self.layout = Layout::default();
     }
@@ -330,6 +481,64 @@ impl FastPath {
             kernel_routes,
             connections: x.connection_count().unwrap_or(0),
             counters: x.counters().ok().and_then(|c| serde_json::to_value(c).ok()),
+            return_path: Some(self.return_path()),
+        }
+    }
+}
+
+/// Receive queues of `ifname` (`rx-N` under `/sys/class/net/<if>/queues`); queue 0 alone when
+/// sysfs does not list them.
+fn rx_queues(ifname: &str) -> Vec<u32> {
+    let dir = format!("/sys/class/net/{ifname}/queues");
+    let mut queues: Vec<u32> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("rx-")?.parse().ok())
+            .collect(),
+        Err(e) => {
+            log::debug!("{dir}: {e}; assuming one receive queue");
+            Vec::new()
+        }
+    };
+    queues.sort_unstable();
+    if queues.is_empty() {
+        queues.push(0);
+    }
+    queues
+}
+
+/// Binds one AF_XDP socket per receive queue of `ifname` and registers each with `xdp`;
+/// all or nothing (registered ones are unregistered again on failure).
+fn bind_sockets(
+    xdp: &mut XdpForward,
+    ifname: &str,
+    ifindex: u32,
+) -> Result<Vec<XdpSocket>, String> {
+    let mut sockets = Vec::new();
+    let mut result = Ok(());
+    for queue in rx_queues(ifname) {
+        let bound = XdpSocket::bind(ifindex, queue, XdpSocketConfig::default())
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                xdp.register_xsk(&s)
+                    .map(|()| s)
+                    .map_err(|e| format!("registering queue {queue}: {e}"))
+            });
+        match bound {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    match result {
+        Ok(()) => Ok(sockets),
+        Err(e) => {
+            for s in &sockets {
+                let _ = xdp.unregister_xsk(s.queue());
+            }
+            Err(e)
         }
     }
 }
@@ -444,6 +653,49 @@ mod tests {
             ifname: ifname.into(),
             source: source.parse().unwrap(),
         })
+    }
+
+    #[test]
+    fn receive_queues_come_from_sysfs_or_default_to_queue_zero() {
+        assert_eq!(rx_queues("no-such-interface"), vec![0]);
+        let lo = rx_queues("lo");
+        assert!(
+            !lo.is_empty() && lo.windows(2).all(|w| w[0] < w[1]),
+            "{lo:?}"
+        );
+    }
+
+    #[test]
+    fn status_names_the_return_path() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let Ok(netlink) = rt.block_on(async { Netlink::connect() }) else {
+            return;
+        };
+        let fp = FastPath::new("tg0", netlink, None, None, None, AttachPreference::Auto);
+        assert_eq!(
+            fp.return_path(),
+            "kernel (XDP_PASS into the TUN): no AF_XDP reader in this process"
+        );
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut fp = fp.with_lan_sockets(tx);
+        assert_eq!(
+            fp.return_path(),
+            "kernel (XDP_PASS into the TUN): no served LAN interface"
+        );
+        fp.sockets_refused = Some(("lan0".into(), "binding refused".into()));
+        assert!(fp
+            .return_path()
+            .ends_with("no AF_XDP sockets on lan0: binding refused"));
+        let (stop, _) = watch::channel(false);
+        fp.sockets = Some(SocketGeneration {
+            ifname: "lan0".into(),
+            queues: vec![0, 1],
+            _stop: stop,
+        });
+        assert_eq!(fp.return_path(), "AF_XDP sockets on lan0 (queues 0, 1)");
     }
 
     #[test]

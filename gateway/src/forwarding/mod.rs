@@ -8,5 +8,5 @@ pub mod sysctl;
 pub mod via;
 
 pub use apply::{Routing, RoutingChange, RoutingStatus};
-pub use fast_path::{FastPath, FastPathStatus};
+pub use fast_path::{FastPath, FastPathStatus, LanSocket};
 pub use via::{ViaPassthrough, ViaTranslator};

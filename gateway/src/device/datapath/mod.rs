@@ -19,7 +19,7 @@ use crate::wg::TunnResult;
 use super::{lock, Device, DropReason, Peer};
 
 pub use inbound::udp_to_tun;
-pub use outbound::tun_to_udp;
+pub use outbound::{encrypt_and_send, tun_to_udp, xsk_to_udp};
 
 /// Largest IP packet the TUN can hand over (a TSO super-packet).
 pub const MAX_IP_PACKET: usize = 65535;
