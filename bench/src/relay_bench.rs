@@ -769,18 +769,7 @@ pub fn render_markdown(r: &Report) -> String {
         d.runs,
         d.run.as_secs()
     );
-    let m = &r.machine;
-    let _ = writeln!(s, "## Machine\n\n| | |\n|---|---|");
-    for (k, v) in [
-        ("CPU", m.cpu.clone()),
-        ("cores", m.cores.to_string()),
-        ("kernel", m.kernel.clone()),
-        ("date", m.date.clone()),
-        ("tailgate commit", m.commit.clone()),
-        ("load average at start", m.loadavg.clone()),
-    ] {
-        let _ = writeln!(s, "| {k} | {v} |");
-    }
+    s.push_str(&r.machine.markdown(&[]));
     let _ = writeln!(
         s,
         "\n## Relay throughput and packet rate\n\n\

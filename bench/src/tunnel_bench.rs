@@ -1023,6 +1023,27 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The "Machine" section of a report: CPU, cores, kernel, date and commit, then `tools`
+    /// (name and version each), then the load average at the start.
+    pub fn markdown(&self, tools: &[(&str, &str)]) -> String {
+        let mut s = String::from("## Machine\n\n| | |\n|---|---|\n");
+        let cores = self.cores.to_string();
+        let rows = [
+            ("CPU", self.cpu.as_str()),
+            ("cores", &cores),
+            ("kernel", &self.kernel),
+            ("date", &self.date),
+            ("tailgate commit", &self.commit),
+        ]
+        .into_iter()
+        .chain(tools.iter().copied())
+        .chain([("load average at start", self.loadavg.as_str())]);
+        for (k, v) in rows {
+            let _ = writeln!(s, "| {k} | {} |", one_line(v, 200));
+        }
+        s
+    }
+
     /// Collects the description; pieces that cannot be found read "unknown".
     pub fn describe(tailgate: &Path) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -1100,7 +1121,8 @@ fn first_line(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// One line, at most `max` characters, safe inside a Markdown table cell.
-fn one_line(s: &str, max: usize) -> String {
+/// One line, at most `max` characters, safe inside a Markdown table cell.
+pub fn one_line(s: &str, max: usize) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut out: String = joined.chars().take(max).collect();
     if joined.chars().count() > max {
@@ -1215,21 +1237,11 @@ pub fn render_markdown(
             "Each figure is the median of 3 runs of 5 s."
         }
     );
-    let _ = writeln!(s, "## Machine\n");
-    let _ = writeln!(s, "| | |\n|---|---|");
-    for (k, v) in [
-        ("CPU", machine.cpu.clone()),
-        ("cores", machine.cores.to_string()),
-        ("kernel", machine.kernel.clone()),
-        ("date", machine.date.clone()),
-        ("tailgate commit", machine.commit.clone()),
-        ("wireguard-go", machine.wireguard_go.clone()),
-        ("boringtun-cli", machine.boringtun.clone()),
-        ("iperf3", machine.iperf3.clone()),
-        ("load average at start", machine.loadavg.clone()),
-    ] {
-        let _ = writeln!(s, "| {k} | {} |", one_line(&v, 200));
-    }
+    s.push_str(&machine.markdown(&[
+        ("wireguard-go", &machine.wireguard_go),
+        ("boringtun-cli", &machine.boringtun),
+        ("iperf3", &machine.iperf3),
+    ]));
     let _ = writeln!(s, "\n## Set-up\n");
     let _ = writeln!(
         s,

@@ -24,7 +24,7 @@ use super::policy::{
 use crate::forward_bench::{E2eTest, XdpDelta};
 use crate::lab::control::{ControlServer, CtlNode, TempDir, SETTLE};
 use crate::lab::{wait_for, Lab};
-use crate::tunnel_bench::{interrupted, median, parse_iperf, run_bounded};
+use crate::tunnel_bench::{interrupted, median, one_line, parse_iperf, run_bounded};
 
 /// Extra time an iperf3 client gets beyond its test duration before it is killed.
 const IPERF_SLACK: Duration = Duration::from_secs(20);
@@ -303,15 +303,6 @@ struct AclLab {
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn one_line(s: &str, max: usize) -> String {
-    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = joined.chars().take(max).collect();
-    if joined.chars().count() > max {
-        out.push('…');
-    }
-    out
 }
 
 impl AclLab {

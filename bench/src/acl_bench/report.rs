@@ -10,15 +10,7 @@ use super::policy::{
 use super::{Mode, Report, RunRecord, GOAL_COST};
 use crate::forward_bench::report::grouped;
 use crate::forward_bench::E2eTest;
-
-fn one_line(s: &str, max: usize) -> String {
-    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = joined.chars().take(max).collect();
-    if joined.chars().count() > max {
-        out.push('…');
-    }
-    out.replace('|', "\\|")
-}
+use crate::tunnel_bench::one_line;
 
 fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
@@ -77,19 +69,7 @@ pub fn render_markdown(r: &Report) -> String {
         d.iperf_seconds,
         r.elapsed.as_secs_f64()
     );
-    let m = &r.machine;
-    let _ = writeln!(s, "## Machine\n\n| | |\n|---|---|");
-    for (k, v) in [
-        ("CPU", m.cpu.clone()),
-        ("cores", m.cores.to_string()),
-        ("kernel", m.kernel.clone()),
-        ("date", m.date.clone()),
-        ("tailgate commit", m.commit.clone()),
-        ("iperf3", m.iperf3.clone()),
-        ("load average at start", m.loadavg.clone()),
-    ] {
-        let _ = writeln!(s, "| {k} | {} |", one_line(&v, 200));
-    }
+    s.push_str(&r.machine.markdown(&[("iperf3", &r.machine.iperf3)]));
     summary(&mut s, r);
     end_to_end(&mut s, r);
     classifier(&mut s, r);

@@ -819,15 +819,7 @@ fn interrupted() -> bool {
     tunnel_bench::interrupted()
 }
 
-/// One line, at most `max` characters, safe inside a Markdown table cell.
-pub(crate) fn one_line(s: &str, max: usize) -> String {
-    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = joined.chars().take(max).collect();
-    if joined.chars().count() > max {
-        out.push('…');
-    }
-    out.replace('|', "\\|")
-}
+pub(crate) use crate::tunnel_bench::one_line;
 
 /// Builds the lab, checks both resolvers' answers, then measures; prints progress. A failure
 /// becomes an error in the report (a run that fails does not stop the others). Stops between

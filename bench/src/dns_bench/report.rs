@@ -126,20 +126,10 @@ pub fn render_markdown(r: &Report) -> String {
 }
 
 fn machine(s: &mut String, r: &Report) {
-    let m = &r.machine;
-    let _ = writeln!(s, "## Machine\n\n| | |\n|---|---|");
-    for (k, v) in [
-        ("CPU", m.cpu.clone()),
-        ("cores", m.cores.to_string()),
-        ("kernel", m.kernel.clone()),
-        ("date", m.date.clone()),
-        ("tailgate commit", m.commit.clone()),
-        ("dnsperf", r.dnsperf.clone()),
-        ("dnsmasq", r.dnsmasq.clone()),
-        ("load average at start", m.loadavg.clone()),
-    ] {
-        let _ = writeln!(s, "| {k} | {} |", one_line(&v, 200));
-    }
+    s.push_str(
+        &r.machine
+            .markdown(&[("dnsperf", &r.dnsperf), ("dnsmasq", &r.dnsmasq)]),
+    );
     s.push('\n');
 }
 
