@@ -635,6 +635,8 @@ fn stage(s: &mut String, r: &Report) {
          `lan_return` (native) redirects the de-NATed packets to an AF_XDP socket on `lan0` \
          (copy mode, the veth's only queue) and the thread reads the socket instead of the \
          TUN: the packets the daemon would encrypt, without the kernel's routing and the \
+         TUN. That is the return path the daemon itself uses (§1): its readers take these \
+         packets off one socket per receive queue and encrypt them like packets from the \
          TUN.\n"
     );
     stage_table(
