@@ -247,15 +247,7 @@ pub(crate) fn interrupted() -> bool {
     tunnel_bench::interrupted()
 }
 
-/// One line, at most `max` characters, safe inside a Markdown table cell.
-pub(crate) fn one_line(s: &str, max: usize) -> String {
-    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = joined.chars().take(max).collect();
-    if joined.chars().count() > max {
-        out.push('…');
-    }
-    out.replace('|', "\\|")
-}
+pub(crate) use crate::tunnel_bench::one_line;
 
 /// A small deterministic pseudo-random generator (SplitMix64): the same seed gives the same
 /// prefixes and addresses on every machine.
