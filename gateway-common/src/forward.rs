@@ -23,6 +23,8 @@
 //! | [`LAN_COUNTERS_MAP`] | per-CPU array | [`LanCounter`] index | `u64` |
 //! | [`LAN_XSK_MAP`] | XSK map | receive queue index `u32` | AF_XDP socket |
 
+use crate::counters::counter_enum;
+
 /// Name of the XDP program for the TUN device.
 pub const TUN_FORWARD_PROGRAM: &str = "tun_forward";
 /// Name of the XDP program for the LAN interface.
@@ -372,173 +374,75 @@ impl CtState {
 pub const CT_DEFAULT_TIMEOUTS: [u32; CT_TIMEOUT_CLASSES] =
     [240, 2 * 3600 + 4 * 60, 10, 30, 180, 30];
 
-/// Index into the `TUN_FWD_COUNTERS` per-CPU array: what `tun_forward` did with a packet.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TunCounter {
-    /// Plain IPv4 forwarded (SNATed or not) and redirected to the LAN interface.
-    FwdV4 = 0,
-    /// 4via6 translated to IPv4, SNATed and redirected to the LAN interface.
-    FwdVia6 = 1,
-    /// Connection entries created (counted in addition to the packet's verdict).
-    SnatNewConn = 2,
-    /// No neighbour entry for the next hop: NATed/translated (when the flow needs it, so that
-    /// the flow keeps one NAT mapping) and passed for the kernel to route and resolve.
-    PassNoNeigh = 3,
-    /// A partial checksum (a GSO super-packet the daemon wrote): NATed and passed for the kernel
-    /// to segment (plain IPv4 only; 4via6 ones count as `PassUnsupported`).
-    PassGso = 4,
-    /// Too big for the egress MTU without DF: NATed/translated and passed for the kernel to
-    /// fragment.
-    PassFragment = 5,
-    /// IPv4 with DF, too big for the egress MTU: passed untouched, the kernel answers with ICMP
-    /// "fragmentation needed".
-    PassTooBig = 6,
-    /// 4via6 too big for the egress MTU: ICMPv6 "packet too big" sent back into the tunnel.
-    IcmpTooBig = 7,
-    /// Not from the tailnet to an advertised prefix (or an echo reply): passed untouched.
-    PassNoMatch = 8,
-    /// Fragments, IPv6 extension headers, other protocols, ICMP errors, malformed or GSO
-    /// 4via6: passed untouched.
-    PassUnsupported = 9,
-    /// TTL / hop limit would expire: passed untouched (the kernel sends "time exceeded").
-    PassTtl = 10,
-    /// The FIB has no usable route (unreachable, blackhole, local, forwarding disabled, or an
-    /// egress interface that is not a configured LAN interface): passed untouched.
-    PassFib = 11,
-    /// No free SNAT port / echo ID for a new connection: passed untouched.
-    PassNoPort = 12,
-    /// A helper failed after the packet was modified: dropped.
-    DropError = 13,
-}
-
-impl TunCounter {
-    pub const COUNT: u32 = 14;
-
-    pub const ALL: [TunCounter; Self::COUNT as usize] = [
-        TunCounter::FwdV4,
-        TunCounter::FwdVia6,
-        TunCounter::SnatNewConn,
-        TunCounter::PassNoNeigh,
-        TunCounter::PassGso,
-        TunCounter::PassFragment,
-        TunCounter::PassTooBig,
-        TunCounter::IcmpTooBig,
-        TunCounter::PassNoMatch,
-        TunCounter::PassUnsupported,
-        TunCounter::PassTtl,
-        TunCounter::PassFib,
-        TunCounter::PassNoPort,
-        TunCounter::DropError,
-    ];
-
-    pub const fn index(self) -> u32 {
-        self as u32
-    }
-
-    pub const fn from_index(index: u32) -> Option<Self> {
-        if index < Self::COUNT {
-            Some(Self::ALL[index as usize])
-        } else {
-            None
-        }
-    }
-
-    /// Stable snake_case name (status output, JSON field names).
-    pub const fn name(self) -> &'static str {
-        match self {
-            TunCounter::FwdV4 => "forwarded_v4",
-            TunCounter::FwdVia6 => "forwarded_via6",
-            TunCounter::SnatNewConn => "snat_new_conn",
-            TunCounter::PassNoNeigh => "passed_no_neigh",
-            TunCounter::PassGso => "passed_gso",
-            TunCounter::PassFragment => "passed_fragment",
-            TunCounter::PassTooBig => "passed_too_big",
-            TunCounter::IcmpTooBig => "icmp_too_big",
-            TunCounter::PassNoMatch => "passed_no_match",
-            TunCounter::PassUnsupported => "passed_unsupported",
-            TunCounter::PassTtl => "passed_ttl",
-            TunCounter::PassFib => "passed_fib",
-            TunCounter::PassNoPort => "passed_no_port",
-            TunCounter::DropError => "dropped_error",
-        }
+counter_enum! {
+    /// Index into the `TUN_FWD_COUNTERS` per-CPU array: what `tun_forward` did with a packet.
+    pub enum TunCounter {
+        /// Plain IPv4 forwarded (SNATed or not) and redirected to the LAN interface.
+        FwdV4 = 0 => "forwarded_v4",
+        /// 4via6 translated to IPv4, SNATed and redirected to the LAN interface.
+        FwdVia6 = 1 => "forwarded_via6",
+        /// Connection entries created (counted in addition to the packet's verdict).
+        SnatNewConn = 2 => "snat_new_conn",
+        /// No neighbour entry for the next hop: NATed/translated (when the flow needs it, so that
+        /// the flow keeps one NAT mapping) and passed for the kernel to route and resolve.
+        PassNoNeigh = 3 => "passed_no_neigh",
+        /// A partial checksum (a GSO super-packet the daemon wrote): NATed and passed for the
+        /// kernel to segment (plain IPv4 only; 4via6 ones count as `PassUnsupported`).
+        PassGso = 4 => "passed_gso",
+        /// Too big for the egress MTU without DF: NATed/translated and passed for the kernel to
+        /// fragment.
+        PassFragment = 5 => "passed_fragment",
+        /// IPv4 with DF, too big for the egress MTU: passed untouched, the kernel answers with ICMP
+        /// "fragmentation needed".
+        PassTooBig = 6 => "passed_too_big",
+        /// 4via6 too big for the egress MTU: ICMPv6 "packet too big" sent back into the tunnel.
+        IcmpTooBig = 7 => "icmp_too_big",
+        /// Not from the tailnet to an advertised prefix (or an echo reply): passed untouched.
+        PassNoMatch = 8 => "passed_no_match",
+        /// Fragments, IPv6 extension headers, other protocols, ICMP errors, malformed or GSO
+        /// 4via6: passed untouched.
+        PassUnsupported = 9 => "passed_unsupported",
+        /// TTL / hop limit would expire: passed untouched (the kernel sends "time exceeded").
+        PassTtl = 10 => "passed_ttl",
+        /// The FIB has no usable route (unreachable, blackhole, local, forwarding disabled, or an
+        /// egress interface that is not a configured LAN interface): passed untouched.
+        PassFib = 11 => "passed_fib",
+        /// No free SNAT port / echo ID for a new connection: passed untouched.
+        PassNoPort = 12 => "passed_no_port",
+        /// A helper failed after the packet was modified: dropped.
+        DropError = 13 => "dropped_error",
     }
 }
 
-/// Index into the `LAN_RET_COUNTERS` per-CPU array: what `lan_return` did with a packet.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LanCounter {
-    /// Reply of a plain IPv4 connection, de-SNATed and passed (the kernel routes it into the
-    /// TUN).
-    ReturnedV4 = 0,
-    /// Reply of a 4via6 connection, translated back to IPv6 and passed.
-    ReturnedVia6 = 1,
-    /// No connection entry: passed untouched.
-    PassNoMatch = 2,
-    /// The entry had idled out or lost its other half: passed untouched.
-    PassExpired = 3,
-    /// Fragments, VLAN tags, IPv4 options (4via6), ICMP errors, other protocols, malformed:
-    /// passed untouched.
-    PassUnsupported = 4,
-    /// Reply too big for the tunnel after translation (DF set, or 4via6): ICMP "fragmentation
-    /// needed" sent back to the LAN host.
-    IcmpTooBig = 5,
-    /// 4via6 reply too big for the tunnel and without DF (would need IPv6 fragmentation):
-    /// dropped.
-    DropTooBig = 6,
-    /// A helper failed after the packet was modified: dropped.
-    DropError = 7,
-    /// ICMP error (unreachable, time exceeded, fragmentation needed, parameter problem) about a
-    /// packet of a tracked connection: translated for the client (IPv4 or ICMPv6) and passed.
-    ReturnedIcmpError = 8,
-    /// A returned packet (any of the `Returned*` counters, which count it as well) redirected
-    /// to the AF_XDP socket of its receive queue instead of being passed to the kernel.
-    RedirectedXsk = 9,
-}
-
-impl LanCounter {
-    pub const COUNT: u32 = 10;
-
-    pub const ALL: [LanCounter; Self::COUNT as usize] = [
-        LanCounter::ReturnedV4,
-        LanCounter::ReturnedVia6,
-        LanCounter::PassNoMatch,
-        LanCounter::PassExpired,
-        LanCounter::PassUnsupported,
-        LanCounter::IcmpTooBig,
-        LanCounter::DropTooBig,
-        LanCounter::DropError,
-        LanCounter::ReturnedIcmpError,
-        LanCounter::RedirectedXsk,
-    ];
-
-    pub const fn index(self) -> u32 {
-        self as u32
-    }
-
-    pub const fn from_index(index: u32) -> Option<Self> {
-        if index < Self::COUNT {
-            Some(Self::ALL[index as usize])
-        } else {
-            None
-        }
-    }
-
-    /// Stable snake_case name (status output, JSON field names).
-    pub const fn name(self) -> &'static str {
-        match self {
-            LanCounter::ReturnedV4 => "returned_v4",
-            LanCounter::ReturnedVia6 => "returned_via6",
-            LanCounter::PassNoMatch => "passed_no_match",
-            LanCounter::PassExpired => "passed_expired",
-            LanCounter::PassUnsupported => "passed_unsupported",
-            LanCounter::IcmpTooBig => "icmp_too_big",
-            LanCounter::DropTooBig => "dropped_too_big",
-            LanCounter::DropError => "dropped_error",
-            LanCounter::ReturnedIcmpError => "returned_icmp_error",
-            LanCounter::RedirectedXsk => "redirected_xsk",
-        }
+counter_enum! {
+    /// Index into the `LAN_RET_COUNTERS` per-CPU array: what `lan_return` did with a packet.
+    pub enum LanCounter {
+        /// Reply of a plain IPv4 connection, de-SNATed and passed (the kernel routes it into the
+        /// TUN).
+        ReturnedV4 = 0 => "returned_v4",
+        /// Reply of a 4via6 connection, translated back to IPv6 and passed.
+        ReturnedVia6 = 1 => "returned_via6",
+        /// No connection entry: passed untouched.
+        PassNoMatch = 2 => "passed_no_match",
+        /// The entry had idled out or lost its other half: passed untouched.
+        PassExpired = 3 => "passed_expired",
+        /// Fragments, VLAN tags, IPv4 options (4via6), ICMP errors, other protocols, malformed:
+        /// passed untouched.
+        PassUnsupported = 4 => "passed_unsupported",
+        /// Reply too big for the tunnel after translation (DF set, or 4via6): ICMP "fragmentation
+        /// needed" sent back to the LAN host.
+        IcmpTooBig = 5 => "icmp_too_big",
+        /// 4via6 reply too big for the tunnel and without DF (would need IPv6 fragmentation):
+        /// dropped.
+        DropTooBig = 6 => "dropped_too_big",
+        /// A helper failed after the packet was modified: dropped.
+        DropError = 7 => "dropped_error",
+        /// ICMP error (unreachable, time exceeded, fragmentation needed, parameter problem) about a
+        /// packet of a tracked connection: translated for the client (IPv4 or ICMPv6) and passed.
+        ReturnedIcmpError = 8 => "returned_icmp_error",
+        /// A returned packet (any of the `Returned*` counters, which count it as well) redirected
+        /// to the AF_XDP socket of its receive queue instead of being passed to the kernel.
+        RedirectedXsk = 9 => "redirected_xsk",
     }
 }
 
@@ -558,20 +462,6 @@ mod tests {
         assert_eq!(size_of::<CtOrigVal>(), 20 + 4 + 16);
         assert_eq!(size_of::<CtReplyVal>(), 40);
         assert_eq!(core::mem::align_of::<CtOrigVal>(), 1);
-    }
-
-    #[test]
-    fn counters_are_dense() {
-        for (i, c) in TunCounter::ALL.iter().enumerate() {
-            assert_eq!(c.index(), i as u32);
-            assert_eq!(TunCounter::from_index(i as u32), Some(*c));
-        }
-        assert_eq!(TunCounter::from_index(TunCounter::COUNT), None);
-        for (i, c) in LanCounter::ALL.iter().enumerate() {
-            assert_eq!(c.index(), i as u32);
-            assert_eq!(LanCounter::from_index(i as u32), Some(*c));
-        }
-        assert_eq!(LanCounter::from_index(LanCounter::COUNT), None);
     }
 
     #[test]

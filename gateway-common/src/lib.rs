@@ -6,6 +6,7 @@
 //! padding, and keeps multi-byte protocol fields as byte arrays in network byte order so that
 //! both sides agree on the layout regardless of host endianness.
 
+mod counters;
 pub mod forward;
 pub mod stun;
 pub mod wan;

@@ -6,6 +6,8 @@
 //! FINGERPRINT). It answers requests that carry no attribute or a lone, correct FINGERPRINT;
 //! everything else is passed to the kernel (the userspace STUN server answers or counts it).
 
+use crate::counters::counter_enum;
+
 /// Name of the XDP program in the eBPF object.
 pub const STUN_RESPONDER_PROGRAM: &str = "stun_responder";
 /// Name of the `Array<StunConfig>` map (one entry, index 0).
@@ -70,70 +72,27 @@ impl StunConfig {
 // pointers), and every bit pattern is a valid value.
 unsafe impl aya::Pod for StunConfig {}
 
-/// Index into the `STUN_COUNTERS` per-CPU array: what `stun_responder` did with a packet.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StunCounter {
-    /// Binding request over IPv4 answered with `XDP_TX`.
-    AnsweredV4 = 0,
-    /// Binding request over IPv6 answered with `XDP_TX`.
-    AnsweredV6 = 1,
-    /// To the STUN port but not a well-formed binding request (junk, truncated, wrong cookie,
-    /// type or length): passed, the userspace server counts and drops it.
-    PassedNotBinding = 2,
-    /// A binding request with attributes other than a lone FINGERPRINT, or whose FINGERPRINT
-    /// is wrong: passed to the userspace server.
-    PassedAttributes = 3,
-    /// To the STUN port with headers the program does not rewrite (IPv4 options, fragments):
-    /// passed.
-    PassedUnsupported = 4,
-    /// The packet could not be grown for the answer (`bpf_xdp_adjust_tail` refused): passed.
-    PassedTailError = 5,
-    /// Anything not addressed to the STUN port (other ports and protocols, non-IP, VLAN-tagged
-    /// frames, IPv6 with extension headers): passed.
-    PassedOther = 6,
-}
-
-impl StunCounter {
-    /// Number of counters (`max_entries` of `STUN_COUNTERS`).
-    pub const COUNT: u32 = 7;
-
-    /// All counters, in index order.
-    pub const ALL: [StunCounter; Self::COUNT as usize] = [
-        StunCounter::AnsweredV4,
-        StunCounter::AnsweredV6,
-        StunCounter::PassedNotBinding,
-        StunCounter::PassedAttributes,
-        StunCounter::PassedUnsupported,
-        StunCounter::PassedTailError,
-        StunCounter::PassedOther,
-    ];
-
-    /// Index in the counters map.
-    pub const fn index(self) -> u32 {
-        self as u32
-    }
-
-    /// The counter at `index`, if any.
-    pub const fn from_index(index: u32) -> Option<Self> {
-        if index < Self::COUNT {
-            Some(Self::ALL[index as usize])
-        } else {
-            None
-        }
-    }
-
-    /// Stable snake_case name (status output, metric labels).
-    pub const fn name(self) -> &'static str {
-        match self {
-            StunCounter::AnsweredV4 => "answered_v4",
-            StunCounter::AnsweredV6 => "answered_v6",
-            StunCounter::PassedNotBinding => "passed_not_binding",
-            StunCounter::PassedAttributes => "passed_attributes",
-            StunCounter::PassedUnsupported => "passed_unsupported",
-            StunCounter::PassedTailError => "passed_tail_error",
-            StunCounter::PassedOther => "passed_other",
-        }
+counter_enum! {
+    /// Index into the `STUN_COUNTERS` per-CPU array: what `stun_responder` did with a packet.
+    pub enum StunCounter {
+        /// Binding request over IPv4 answered with `XDP_TX`.
+        AnsweredV4 = 0 => "answered_v4",
+        /// Binding request over IPv6 answered with `XDP_TX`.
+        AnsweredV6 = 1 => "answered_v6",
+        /// To the STUN port but not a well-formed binding request (junk, truncated, wrong cookie,
+        /// type or length): passed, the userspace server counts and drops it.
+        PassedNotBinding = 2 => "passed_not_binding",
+        /// A binding request with attributes other than a lone FINGERPRINT, or whose FINGERPRINT
+        /// is wrong: passed to the userspace server.
+        PassedAttributes = 3 => "passed_attributes",
+        /// To the STUN port with headers the program does not rewrite (IPv4 options, fragments):
+        /// passed.
+        PassedUnsupported = 4 => "passed_unsupported",
+        /// The packet could not be grown for the answer (`bpf_xdp_adjust_tail` refused): passed.
+        PassedTailError = 5 => "passed_tail_error",
+        /// Anything not addressed to the STUN port (other ports and protocols, non-IP, VLAN-tagged
+        /// frames, IPv6 with extension headers): passed.
+        PassedOther = 6 => "passed_other",
     }
 }
 
@@ -229,15 +188,6 @@ pub fn crc32(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counter_indices_are_dense_and_round_trip() {
-        for (i, c) in StunCounter::ALL.iter().enumerate() {
-            assert_eq!(c.index(), i as u32);
-            assert_eq!(StunCounter::from_index(i as u32), Some(*c));
-        }
-        assert_eq!(StunCounter::from_index(StunCounter::COUNT), None);
-    }
 
     #[test]
     fn config_is_network_order() {

@@ -5,6 +5,8 @@
 //! messages (type 1..=4, zero reserved bytes, the length the type requires); those that do not
 //! are dropped. Everything else is passed to the kernel untouched.
 
+use crate::counters::counter_enum;
+
 /// Name of the XDP program in the eBPF object.
 pub const WAN_INGRESS_PROGRAM: &str = "wan_ingress";
 /// Name of the `Array<WanConfig>` map (one entry, index 0).
@@ -64,44 +66,44 @@ impl WanConfig {
 // pointers), and every bit pattern is a valid value.
 unsafe impl aya::Pod for WanConfig {}
 
-/// Index into the `WAN_COUNTERS` per-CPU array: why `wan_ingress` passed or dropped a packet.
-///
-/// The checks run in this order; the first failing one names the drop reason.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WanCounter {
-    /// Handshake initiation (type 1, 148 bytes), passed.
-    PassWgInit = 0,
-    /// Handshake response (type 2, 92 bytes), passed.
-    PassWgResponse = 1,
-    /// Cookie reply (type 3, 64 bytes), passed.
-    PassWgCookie = 2,
-    /// Transport data (type 4, at least 32 bytes), passed.
-    PassWgData = 3,
-    /// First fragment (IPv4, or IPv6 with a fragment header right after the fixed header) of a
-    /// datagram to the listen port whose WireGuard header and UDP length field (the length of
-    /// the whole datagram) pass the checks: passed for reassembly by the kernel. First
-    /// fragments that fail them are counted under the `Drop*` reason instead, so the datagram
-    /// is never reassembled.
-    PassFragment = 4,
-    /// UDP payload shorter than the smallest WireGuard message (32 bytes).
-    DropTooShort = 5,
-    /// Message type not in 1..=4.
-    DropBadType = 6,
-    /// Reserved bytes 1..4 not zero.
-    DropBadReserved = 7,
-    /// Length not the one for the message type (or, for data, not padded when strict).
-    DropBadLength = 8,
-    /// Truncated/inconsistent UDP header (UDP length < 8 or beyond the end of the frame).
-    DropMalformed = 9,
-    /// Anything not addressed to the listen port (other ports, other protocols, non-IP, IPv6
-    /// with extension headers other than a fragment header, non-first fragments), passed.
-    OtherPassed = 10,
-    /// A peer discovery message (starts with [`DISCO_MAGIC`]), passed.
-    PassDisco = 11,
-    /// A STUN binding success response (the node asked a STUN server for its public
-    /// address from the tunnel's socket), passed.
-    PassStun = 12,
+counter_enum! {
+    /// Index into the `WAN_COUNTERS` per-CPU array: why `wan_ingress` passed or dropped a packet.
+    ///
+    /// The checks run in this order; the first failing one names the drop reason.
+    pub enum WanCounter {
+        /// Handshake initiation (type 1, 148 bytes), passed.
+        PassWgInit = 0 => "pass_wg_init",
+        /// Handshake response (type 2, 92 bytes), passed.
+        PassWgResponse = 1 => "pass_wg_response",
+        /// Cookie reply (type 3, 64 bytes), passed.
+        PassWgCookie = 2 => "pass_wg_cookie",
+        /// Transport data (type 4, at least 32 bytes), passed.
+        PassWgData = 3 => "pass_wg_data",
+        /// First fragment (IPv4, or IPv6 with a fragment header right after the fixed header) of a
+        /// datagram to the listen port whose WireGuard header and UDP length field (the length of
+        /// the whole datagram) pass the checks: passed for reassembly by the kernel. First
+        /// fragments that fail them are counted under the `Drop*` reason instead, so the datagram
+        /// is never reassembled.
+        PassFragment = 4 => "pass_fragment",
+        /// UDP payload shorter than the smallest WireGuard message (32 bytes).
+        DropTooShort = 5 => "drop_too_short",
+        /// Message type not in 1..=4.
+        DropBadType = 6 => "drop_bad_type",
+        /// Reserved bytes 1..4 not zero.
+        DropBadReserved = 7 => "drop_bad_reserved",
+        /// Length not the one for the message type (or, for data, not padded when strict).
+        DropBadLength = 8 => "drop_bad_length",
+        /// Truncated/inconsistent UDP header (UDP length < 8 or beyond the end of the frame).
+        DropMalformed = 9 => "drop_malformed",
+        /// Anything not addressed to the listen port (other ports, other protocols, non-IP, IPv6
+        /// with extension headers other than a fragment header, non-first fragments), passed.
+        OtherPassed = 10 => "other_passed",
+        /// A peer discovery message (starts with [`DISCO_MAGIC`]), passed.
+        PassDisco = 11 => "pass_disco",
+        /// A STUN binding success response (the node asked a STUN server for its public
+        /// address from the tunnel's socket), passed.
+        PassStun = 12 => "pass_stun",
+    }
 }
 
 /// First bytes of the peers' discovery messages (see `gateway/src/traversal/disco.rs`).
@@ -114,57 +116,6 @@ pub const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 pub const STUN_HEADER_LEN: u32 = 20;
 
 impl WanCounter {
-    /// Number of counters (`max_entries` of `WAN_COUNTERS`).
-    pub const COUNT: u32 = 13;
-
-    /// All counters, in index order.
-    pub const ALL: [WanCounter; Self::COUNT as usize] = [
-        WanCounter::PassWgInit,
-        WanCounter::PassWgResponse,
-        WanCounter::PassWgCookie,
-        WanCounter::PassWgData,
-        WanCounter::PassFragment,
-        WanCounter::DropTooShort,
-        WanCounter::DropBadType,
-        WanCounter::DropBadReserved,
-        WanCounter::DropBadLength,
-        WanCounter::DropMalformed,
-        WanCounter::OtherPassed,
-        WanCounter::PassDisco,
-        WanCounter::PassStun,
-    ];
-
-    pub const fn index(self) -> u32 {
-        self as u32
-    }
-
-    pub const fn from_index(index: u32) -> Option<Self> {
-        if index < Self::COUNT {
-            Some(Self::ALL[index as usize])
-        } else {
-            None
-        }
-    }
-
-    /// Stable snake_case name (used for status output).
-    pub const fn name(self) -> &'static str {
-        match self {
-            WanCounter::PassWgInit => "pass_wg_init",
-            WanCounter::PassWgResponse => "pass_wg_response",
-            WanCounter::PassWgCookie => "pass_wg_cookie",
-            WanCounter::PassWgData => "pass_wg_data",
-            WanCounter::PassFragment => "pass_fragment",
-            WanCounter::DropTooShort => "drop_too_short",
-            WanCounter::DropBadType => "drop_bad_type",
-            WanCounter::DropBadReserved => "drop_bad_reserved",
-            WanCounter::DropBadLength => "drop_bad_length",
-            WanCounter::DropMalformed => "drop_malformed",
-            WanCounter::OtherPassed => "other_passed",
-            WanCounter::PassDisco => "pass_disco",
-            WanCounter::PassStun => "pass_stun",
-        }
-    }
-
     /// Whether packets counted here are passed to the kernel (`XDP_PASS`) rather than dropped.
     pub const fn is_pass(self) -> bool {
         matches!(
@@ -247,15 +198,6 @@ pub fn classify_wg_payload(header: [u8; 8], payload_len: u32, strict_padding: bo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counter_indices_are_dense_and_round_trip() {
-        for (i, c) in WanCounter::ALL.iter().enumerate() {
-            assert_eq!(c.index(), i as u32);
-            assert_eq!(WanCounter::from_index(i as u32), Some(*c));
-        }
-        assert_eq!(WanCounter::from_index(WanCounter::COUNT), None);
-    }
 
     #[test]
     fn config_is_network_order() {
