@@ -248,10 +248,17 @@ impl PeerPath {
             .filter(|d| now.saturating_duration_since(d.last_pong) < t.trust)
     }
 
-    /// A ping of `to` for `peer`, remembered so that its pong is recognised.
-    fn ping(&mut self, peer: Key, to: SocketAddr, now: Instant) -> Action {
+    /// A new ping id for a ping of `to` sent at `now`, remembered so that its pong is
+    /// recognised.
+    fn note_ping(&mut self, to: SocketAddr, now: Instant) -> TxId {
         let tx = super::disco::new_tx();
         self.pings.insert(tx, (to, now));
+        tx
+    }
+
+    /// A ping of `to` for `peer`, remembered so that its pong is recognised.
+    fn ping(&mut self, peer: Key, to: SocketAddr, now: Instant) -> Action {
+        let tx = self.note_ping(to, now);
         Action::Ping { peer, to, tx }
     }
 
@@ -573,10 +580,7 @@ impl Paths {
     /// Records a ping sent outside [`Paths::tick`] (`tailgate ping`), so that its pong, if it
     /// comes over UDP, also confirms the direct path; returns the ping's id.
     pub fn note_ping(&mut self, peer: &Key, to: SocketAddr, now: Instant) -> Option<TxId> {
-        let p = self.peers.get_mut(peer)?;
-        let tx = super::disco::new_tx();
-        p.pings.insert(tx, (to, now));
-        Some(tx)
+        Some(self.peers.get_mut(peer)?.note_ping(to, now))
     }
 
     /// The peer's relay region and its direct candidates (for a ping that also probes).
