@@ -9,6 +9,7 @@
 pub mod http;
 pub mod natpmp;
 pub mod pcp;
+mod retransmit;
 pub mod upnp;
 
 use crate::device::lock;
@@ -201,49 +202,6 @@ pub(crate) async fn connected_socket(
         .context("UDP socket")?;
     sock.connect((gateway, port)).await.context("connect")?;
     Ok((sock, local))
-}
-
-/// Sends `request` on a connected socket and waits for a datagram that `accept` takes,
-/// resending at 250 ms, 500 ms, 1 s, … (RFC 6886 3.1) until `timeout` has passed.
-pub(crate) async fn request_response<T>(
-    sock: &tokio::net::UdpSocket,
-    request: &[u8],
-    timeout: Duration,
-    mut accept: impl FnMut(&[u8]) -> Option<Result<T>>,
-) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut interval = Duration::from_millis(250);
-    let mut buf = [0u8; 1100];
-    let mut last_err = None;
-    loop {
-        // A send error (e.g. ICMP port unreachable from an earlier try) is retried too.
-        if let Err(e) = sock.send(request).await {
-            last_err = Some(anyhow!(e).context("send"));
-        }
-        let resend_at = (tokio::time::Instant::now() + interval).min(deadline);
-        loop {
-            match tokio::time::timeout_at(resend_at, sock.recv(&mut buf)).await {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    last_err = Some(anyhow!(e).context("receive"));
-                    // Connection refused comes back at once; wait out the interval instead of
-                    // spinning.
-                    tokio::time::sleep_until(resend_at).await;
-                    break;
-                }
-                Ok(Ok(n)) => {
-                    if let Some(r) = accept(&buf[..n]) {
-                        return r;
-                    }
-                }
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let why = last_err.map(|e| format!(" ({e:#})")).unwrap_or_default();
-            return Err(anyhow!("no answer within {timeout:?}{why}"));
-        }
-        interval *= 2;
-    }
 }
 
 /// Probes the default gateway (read from /proc/net/route, or `gateway` if given) with all

@@ -154,7 +154,7 @@ async fn exchange(
     timeout: Duration,
 ) -> Result<(Result<Response, DecodeError>, Ipv4Addr)> {
     let (sock, local) = super::connected_socket(gateway, PCP_PMP_PORT).await?;
-    let r = super::request_response(&sock, request, timeout, |b| {
+    let r = super::retransmit::request_response(&sock, request, timeout, |b| {
         // Only answers to this request count; anything else (stray PCP, junk) is ignored.
         (b.len() >= 2 && b[0] == VERSION && b[1] == RESPONSE_BIT + opcode)
             .then(|| Ok(decode_response(b)))

@@ -213,7 +213,7 @@ pub async fn probe(gateway: Ipv4Addr, timeout: Duration) -> bool {
     let Ok((sock, local)) = super::connected_socket(gateway, PCP_PMP_PORT).await else {
         return false;
     };
-    let r = super::request_response(&sock, &announce_request(local), timeout, |b| {
+    let r = super::retransmit::request_response(&sock, &announce_request(local), timeout, |b| {
         answers(b, OP_ANNOUNCE).then(|| Ok(decode_response(b)))
     })
     .await;
@@ -258,7 +258,7 @@ async fn map_exchange(
         *external.ip(),
         lifetime,
     );
-    let r = super::request_response(&sock, &req, timeout, |b| {
+    let r = super::retransmit::request_response(&sock, &req, timeout, |b| {
         if !answers(b, OP_MAP) {
             return None;
         }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rand_core::RngCore;
 
 use super::http::{self, Url};
+use super::retransmit::{retransmit, Reply};
 use super::{Handle, Mapping, Protocol, REQUESTED_LIFETIME};
 
 /// The SSDP multicast group and port.
@@ -95,44 +96,43 @@ pub async fn discover(gateway: Ipv4Addr, timeout: Duration) -> Result<SsdpReply>
     sock.set_multicast_ttl_v4(2)?;
     sock.set_nonblocking(true)?;
     let sock = tokio::net::UdpSocket::from_std(sock.into())?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut interval = Duration::from_millis(250);
-    let mut buf = [0u8; MAX_SSDP + 1];
-    let mut last_err = None;
-    loop {
+    let sock = &sock;
+    let send = || async move {
+        let mut err = None;
         for st in SEARCH_TARGETS {
             let m = msearch(st);
             for to in [SocketAddr::V4(SSDP_ADDR), SocketAddr::from((gateway, 1900))] {
                 if let Err(e) = sock.send_to(m.as_bytes(), to).await {
-                    last_err = Some(anyhow!(e).context(format!("sending M-SEARCH to {to}")));
+                    err = Some(anyhow!(e).context(format!("sending M-SEARCH to {to}")));
                 }
             }
         }
-        let resend_at = (tokio::time::Instant::now() + interval).min(deadline);
-        while let Ok(r) = tokio::time::timeout_at(resend_at, sock.recv_from(&mut buf)).await {
-            let (n, from) = match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // Wait out the interval rather than spin on a persistent error.
-                    last_err = Some(anyhow!(e).context("receiving SSDP replies"));
-                    tokio::time::sleep_until(resend_at).await;
-                    break;
-                }
-            };
+        err
+    };
+    let mut buf = [0u8; MAX_SSDP + 1];
+    let reply = retransmit(
+        sock,
+        timeout,
+        &mut buf,
+        "receiving SSDP replies",
+        send,
+        |b, from| {
             if from.ip() != gateway {
-                continue;
+                return Reply::Ignore;
             }
-            match parse_ssdp_reply(&buf[..n]) {
-                Ok(reply) => return Ok(reply),
-                Err(e) => last_err = Some(e),
+            match parse_ssdp_reply(b) {
+                Ok(reply) => Reply::Done(reply),
+                Err(e) => Reply::Note(e),
             }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let why = last_err.map(|e| format!(" ({e:#})")).unwrap_or_default();
-            bail!("no UPnP IGD answered from {gateway} within {timeout:?}{why}");
-        }
-        interval *= 2;
-    }
+        },
+    )
+    .await;
+    reply.map_err(|no| {
+        anyhow!(
+            "no UPnP IGD answered from {gateway} within {timeout:?}{}",
+            no.why()
+        )
+    })
 }
 
 /// Whether an UPnP IGD at `gateway` answers SSDP within `timeout`.
