@@ -2,8 +2,10 @@
 //! example values and an image override, and checks them offline: every document against the
 //! Kubernetes JSON schemas of the oldest and newest versions checked (`kubernetes-validate
 //! --strict`, which also refuses unknown fields), the image override applied everywhere, the
-//! Secret references resolving to the Secret's keys, and kernel-mode pods having what kernel
-//! mode needs (NET_ADMIN, /dev/net/tun, forwarding). That every `TS_*`/`TG_*` variable is one
+//! Secret references resolving to the Secret's keys, the auth key and login server read from
+//! the Secret, the state directory on a volume claim of the StatefulSet, the subnet-router pair
+//! with two replicas and the exit node with one, and kernel-mode pods having what kernel mode
+//! needs (NET_ADMIN, /dev/net/tun, forwarding). That every `TS_*`/`TG_*` variable is one
 //! the entrypoint accepts is the test `gateway/tests/k8s_manifests.rs`.
 
 use std::collections::BTreeMap;
@@ -24,6 +26,10 @@ pub const VENV: &str = "/opt/tailgate-xtask/kubernetes-validate";
 const VERSION: &str = "1.37.0";
 /// The Kubernetes versions the manifests are validated against.
 const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.37.0"];
+
+/// The StatefulSets the manifests must have, with their replicas: the HA subnet-router pair
+/// and the exit node.
+const WORKLOADS: &[(&str, u64)] = &[("subnet-router", 2), ("exit-node", 1)];
 
 /// Example values the check renders the manifests with.
 const EXAMPLE_ROUTES: &str = "10.244.0.0/16,10.96.0.0/12";
@@ -94,8 +100,22 @@ pub fn check(root: &Path, _bin: &Path) -> Result<()> {
             );
         }
     }
+    let docs = load_documents(&files)?;
+    check_documents(&docs)?;
+    let version = stdout_of(Command::new(validator()).arg("--version"))?;
+    println!(
+        "xtask: Kubernetes check passed ({} documents, {version}, Kubernetes {}) in {:.1} s",
+        docs.len(),
+        KUBERNETES_VERSIONS.join(" and "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Every YAML document of `files`, with the file it is in.
+fn load_documents(files: &[PathBuf]) -> Result<Vec<(PathBuf, Value)>> {
     let mut docs = Vec::new();
-    for f in &files {
+    for f in files {
         let text = std::fs::read_to_string(f)?;
         // Documents are separated by `---` lines.
         let mut chunks = vec![String::new()];
@@ -115,15 +135,7 @@ pub fn check(root: &Path, _bin: &Path) -> Result<()> {
             }
         }
     }
-    check_documents(&docs)?;
-    let version = stdout_of(Command::new(validator()).arg("--version"))?;
-    println!(
-        "xtask: Kubernetes check passed ({} documents, {version}, Kubernetes {}) in {:.1} s",
-        docs.len(),
-        KUBERNETES_VERSIONS.join(" and "),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(docs)
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -156,24 +168,33 @@ fn check_documents(docs: &[(PathBuf, Value)]) -> Result<()> {
             secrets.insert(name.to_string(), keys);
         }
     }
-    let mut workloads = 0;
+    let mut replicas = BTreeMap::new();
     for (file, d) in docs {
         if str_at(d, &["kind"]) != Some("StatefulSet") {
             continue;
         }
-        workloads += 1;
         let name = str_at(d, &["metadata", "name"]).unwrap_or_default();
-        check_pod(&d["spec"]["template"]["spec"], &secrets)
+        let claims: Vec<&str> = seq_at(d, &["spec", "volumeClaimTemplates"])
+            .iter()
+            .filter_map(|c| str_at(c, &["metadata", "name"]))
+            .collect();
+        check_pod(&d["spec"]["template"]["spec"], &secrets, &claims)
             .with_context(|| format!("{}: StatefulSet {name}", file.display()))?;
+        replicas.insert(name.to_string(), d["spec"]["replicas"].as_u64());
     }
-    if workloads < 2 {
-        bail!("expected the subnet-router and exit-node StatefulSets, found {workloads}");
+    for (name, want) in WORKLOADS {
+        match replicas.get(*name) {
+            Some(Some(n)) if n == want => {}
+            Some(n) => bail!("StatefulSet {name}: replicas {n:?}, want {want}"),
+            None => bail!("no StatefulSet {name} (found {:?})", replicas.keys()),
+        }
     }
     Ok(())
 }
 
-/// One pod template: image, Secret references, kernel mode's needs.
-fn check_pod(pod: &Value, secrets: &BTreeMap<String, Vec<String>>) -> Result<()> {
+/// One pod template: image, Secret references, the auth key from the Secret, the state
+/// directory on a per-pod volume claim, kernel mode's needs.
+fn check_pod(pod: &Value, secrets: &BTreeMap<String, Vec<String>>, claims: &[&str]) -> Result<()> {
     let containers = seq_at(pod, &["containers"]);
     let inits = seq_at(pod, &["initContainers"]);
     for c in containers.iter().chain(inits) {
@@ -187,9 +208,11 @@ fn check_pod(pod: &Value, secrets: &BTreeMap<String, Vec<String>>) -> Result<()>
         .find(|c| str_at(c, &["name"]) == Some("tailgate"))
         .context("no container named tailgate")?;
     let mut env = BTreeMap::new();
+    let mut from_secret = Vec::new();
     for e in seq_at(main, &["env"]) {
         let name = str_at(e, &["name"]).context("an env entry without name")?;
         if let Some(r) = e.get("valueFrom").and_then(|v| v.get("secretKeyRef")) {
+            from_secret.push(name);
             let (secret, key) = (
                 str_at(r, &["name"]).unwrap_or_default(),
                 str_at(r, &["key"]).unwrap_or_default(),
@@ -202,6 +225,29 @@ fn check_pod(pod: &Value, secrets: &BTreeMap<String, Vec<String>>) -> Result<()>
             }
         }
         env.insert(name, str_at(e, &["value"]).unwrap_or_default());
+    }
+    for var in ["TS_AUTHKEY", "TG_LOGIN_SERVER"] {
+        if !from_secret.contains(&var) {
+            bail!("{var} does not come from the Secret (secretKeyRef)");
+        }
+    }
+    // The node key and registration survive restarts and rescheduling only on a volume claim
+    // of the StatefulSet mounted at the state directory.
+    let state_dir = env
+        .get("TS_STATE_DIR")
+        .copied()
+        .filter(|d| !d.is_empty())
+        .context("no TS_STATE_DIR")?;
+    let state_volume = seq_at(main, &["volumeMounts"])
+        .iter()
+        .find(|m| str_at(m, &["mountPath"]) == Some(state_dir))
+        .and_then(|m| str_at(m, &["name"]))
+        .with_context(|| format!("nothing mounted at TS_STATE_DIR {state_dir}"))?;
+    if !claims.contains(&state_volume) {
+        bail!(
+            "the state directory {state_dir} is on volume {state_volume:?}, not one of the \
+             volumeClaimTemplates {claims:?}"
+        );
     }
     if env.get("TS_USERSPACE") != Some(&"false") {
         return Ok(());
@@ -243,4 +289,87 @@ fn check_pod(pod: &Value, secrets: &BTreeMap<String, Vec<String>>) -> Result<()>
         bail!("kernel mode without a privileged init container turning forwarding on");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The manifests rendered as the check renders them, as documents.
+    fn rendered() -> Vec<(PathBuf, Value)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let out = std::env::temp_dir().join(format!("tailgate-k8s-test-{}", std::process::id()));
+        let files = render_into(
+            root,
+            EXAMPLE_ROUTES,
+            EXAMPLE_IMAGE,
+            Some((EXAMPLE_AUTH_KEY, EXAMPLE_LOGIN_SERVER)),
+            &out,
+        )
+        .unwrap();
+        let docs = load_documents(&files).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+        docs
+    }
+
+    /// The tailgate container of the StatefulSet `name`.
+    fn container<'a>(docs: &'a mut [(PathBuf, Value)], name: &str) -> &'a mut Value {
+        let set = docs
+            .iter_mut()
+            .map(|(_, d)| d)
+            .find(|d| {
+                str_at(d, &["kind"]) == Some("StatefulSet")
+                    && str_at(d, &["metadata", "name"]) == Some(name)
+            })
+            .unwrap();
+        set["spec"]["template"]["spec"]["containers"]
+            .as_sequence_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| str_at(c, &["name"]) == Some("tailgate"))
+            .unwrap()
+    }
+
+    #[test]
+    fn package_k8s_documents_check_refuses_what_is_missing() {
+        let good = rendered();
+        check_documents(&good).unwrap();
+
+        // One router instead of a pair.
+        let mut docs = good.clone();
+        for (_, d) in &mut docs {
+            if str_at(d, &["metadata", "name"]) == Some("subnet-router")
+                && str_at(d, &["kind"]) == Some("StatefulSet")
+            {
+                d["spec"]["replicas"] = Value::from(1);
+            }
+        }
+        let e = format!("{:#}", check_documents(&docs).unwrap_err());
+        assert!(e.contains("replicas"), "{e}");
+
+        // The state directory on a volume that is not a claim (lost with the pod).
+        let mut docs = good.clone();
+        let c = container(&mut docs, "exit-node");
+        for m in c["volumeMounts"].as_sequence_mut().unwrap() {
+            if str_at(m, &["mountPath"]) == Some("/var/lib/tailgate") {
+                m["name"] = Value::from("scratch");
+            }
+        }
+        let e = format!("{:#}", check_documents(&docs).unwrap_err());
+        assert!(e.contains("volumeClaimTemplates"), "{e}");
+
+        // The auth key written into the manifest instead of read from the Secret.
+        let mut docs = good;
+        let c = container(&mut docs, "subnet-router");
+        for v in c["env"].as_sequence_mut().unwrap() {
+            if str_at(v, &["name"]) == Some("TS_AUTHKEY") {
+                *v = serde_yaml::from_str("{name: TS_AUTHKEY, value: tgkey-x}").unwrap();
+            }
+        }
+        let e = format!("{:#}", check_documents(&docs).unwrap_err());
+        assert!(
+            e.contains("TS_AUTHKEY does not come from the Secret"),
+            "{e}"
+        );
+    }
 }
