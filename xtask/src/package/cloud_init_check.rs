@@ -1,8 +1,9 @@
 //! The check `package_cloud_init` of `cargo xtask test`: renders the `#cloud-config` templates
 //! with example values and checks each file offline: Debian's `cloud-init schema`, top-level
 //! keys that cloud-init knows (it ignores unknown ones), `sh -n` on every shell script in it,
-//! the `tailgate up` flags it uses against the binary's own `--help`, and what it writes
-//! (the tailgate config, the forwarding sysctls, the unit). That the config parses with
+//! the `tailgate up` flags it uses against the binary's own `--help`, what it writes (the
+//! tailgate config, the forwarding sysctls, the unit) and what it runs (the package downloaded
+//! from the given URL and installed with apt, the sysctls applied, the units started). That the config parses with
 //! tailgate's loader is the test `gateway/tests/cloud_init_configs.rs`.
 //!
 //! cloud-init runs from an unpacked copy of Debian's package in [`CLOUD_INIT_ROOT`], not an
@@ -237,6 +238,7 @@ fn check_file(
     if scripts.is_empty() {
         bail!("no shell scripts found");
     }
+    check_install(top, values)?;
     for (i, (what, script)) in scripts.iter().enumerate() {
         let path = scratch.join(format!("script-{i}.sh"));
         write(&path, script, 0o644)?;
@@ -250,6 +252,47 @@ fn check_file(
         check_up_flags(what, script, up_help)?;
     }
     check_written(&written, values, priority)
+}
+
+/// The `runcmd` script downloads the package from the user's URL, installs it with apt keeping
+/// the config written by `write_files`, applies the sysctls and starts both units.
+fn check_install(top: &serde_yaml::Mapping, values: &Values) -> Result<()> {
+    let runcmd = top
+        .get("runcmd")
+        .and_then(Value::as_sequence)
+        .context("no runcmd list")?;
+    let install = runcmd
+        .iter()
+        .filter_map(Value::as_sequence)
+        .map(|argv| argv.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+        .find(|argv| argv.contains(&values.deb_url.as_str()))
+        .with_context(|| {
+            format!(
+                "no runcmd entry is given the package URL {}",
+                values.deb_url
+            )
+        })?;
+    let script = match install.as_slice() {
+        ["sh", "-c", script, _name, url] if *url == values.deb_url => *script,
+        other => bail!("the install entry is not `sh -c SCRIPT NAME URL`: {other:?}"),
+    };
+    for step in [
+        "curl -fsSL",
+        "\"$1\"",
+        "apt-get install -y",
+        "--force-confold",
+        "/var/tmp/tailgate.deb",
+        "sysctl -p /etc/sysctl.d/60-tailgate-forwarding.conf",
+        "systemctl enable --now tailgate.service tailgate-up.service",
+    ] {
+        if !script.contains(step) {
+            bail!("the install script has no `{step}`:\n{script}");
+        }
+    }
+    if !script.starts_with("set -eu\n") {
+        bail!("the install script does not stop at the first failure (set -eu)");
+    }
+    Ok(())
 }
 
 /// Every `--flag` after `tailgate up` in `script` is one `tailgate up --help` lists.
