@@ -1,6 +1,7 @@
 //! The check of the QNAP package (`cargo xtask test package_qpkg`): builds the .qpkg, splits
 //! it at the offsets its header carries and checks the trailer (name, version, size checksum),
-//! the control and data archives (qpkg.cfg fields, scripts executable and `sh -n` clean), then
+//! the control and data archives (qpkg.cfg fields, its service program in the data and its
+//! port the default configuration's, scripts executable and `sh -n` clean), then
 //! installs it the way App Center does, `sh tailgate_….qpkg` as root, in a QTS-like root
 //! (busybox as the shell and tools, /etc/config/qpkg.conf, /share/CACHEDEV1_DATA) entered with
 //! chroot inside a network namespace with a `tailgate control serve`: the service starts (in
@@ -100,6 +101,27 @@ fn validate(path: &Path, version: &str, scratch: &Path) -> Result<()> {
     ensure!(
         cfg.contains(&format!("QPKG_VER=\"{version}\"")),
         "qpkg.cfg: wrong version"
+    );
+    let cfg_value = |key: &str| -> Result<String> {
+        cfg.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=\"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .map(str::to_string)
+            .with_context(|| format!("qpkg.cfg has no {key}"))
+    };
+    let service = cfg_value("QPKG_SERVICE_PROGRAM")?;
+    ensure!(
+        files.join(&service).is_file(),
+        "QPKG_SERVICE_PROGRAM {service} is not in the data archive"
+    );
+    let default_config = fs::read_to_string(files.join("share/tailgate.toml"))?;
+    let port = default_config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen_port = "))
+        .context("the default configuration sets no listen_port")?;
+    ensure!(
+        cfg_value("QPKG_SERVICE_PORT")? == port,
+        "QPKG_SERVICE_PORT is not the configuration's listen_port {port}"
     );
     for (d, f, exec) in [
         (&ctl, "qinstall.sh", true),

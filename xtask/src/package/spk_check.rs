@@ -1,6 +1,7 @@
 //! The check of the Synology package (`cargo xtask test package_spk`): builds the .spk,
 //! unpacks it as DSM does (tar), validates its layout (INFO fields, package.tgz checksum,
-//! scripts executable and `sh -n` clean, JSON files, icon sizes), then installs it into a
+//! scripts executable and `sh -n` clean, JSON files, conf/resource naming files package.tgz has
+//! and the configuration's port, icon sizes), then installs it into a
 //! DSM-like tree (`/var/packages/tailgate/{target,var}` under a scratch directory) and runs its
 //! scripts as an unprivileged package user with the SYNOPKG_* and wizard variables, inside a
 //! network namespace with a `tailgate control serve`: start brings the daemon up in userspace
@@ -106,6 +107,12 @@ fn validate_layout(dir: &Path, version: &str) -> Result<BTreeMap<String, String>
         info["os_min_ver"].starts_with("7."),
         "os_min_ver must be DSM 7"
     );
+    ensure!(info["arch"] == spk::ARCH, "INFO arch {}", info["arch"]);
+    ensure!(
+        info["extractsize"].parse::<u64>().is_ok_and(|kib| kib > 0),
+        "INFO extractsize {:?} is not a size in KiB",
+        info["extractsize"]
+    );
     let md5 = md5_hex(&dir.join("package.tgz"))?;
     ensure!(
         info["checksum"] == md5,
@@ -133,6 +140,50 @@ fn validate_layout(dir: &Path, version: &str) -> Result<BTreeMap<String, String>
         privilege["defaults"]["run-as"] == "package",
         "conf/privilege must run as the package user: {privilege}"
     );
+    // conf/resource: DSM's firewall port definition and the /usr/local/bin link name files of
+    // package.tgz; the port definition names the port the default configuration listens on.
+    let resource: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("conf/resource"))?)?;
+    let protocol_file = resource["port-config"]["protocol-file"]
+        .as_str()
+        .context("conf/resource has no port-config protocol-file")?;
+    let linked = resource["usr-local-linker"]["bin"]
+        .as_array()
+        .context("conf/resource has no usr-local-linker bin list")?;
+    ensure!(!linked.is_empty(), "conf/resource links no binary");
+    for f in linked
+        .iter()
+        .map(|v| v.as_str().context("usr-local-linker: not a string"))
+        .chain([Ok(protocol_file)])
+    {
+        let f = f?;
+        ensure!(
+            listing.lines().any(|l| l == f),
+            "conf/resource names {f}, which package.tgz does not have"
+        );
+    }
+    let sc = stdout_of(
+        Command::new("tar")
+            .arg("-xzOf")
+            .arg(dir.join("package.tgz"))
+            .arg(protocol_file),
+    )?;
+    let config = stdout_of(
+        Command::new("tar")
+            .arg("-xzOf")
+            .arg(dir.join("package.tgz"))
+            .arg("share/tailgate.toml"),
+    )?;
+    let port = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen_port = "))
+        .context("the default configuration sets no listen_port")?;
+    for key in ["src.ports", "dst.ports"] {
+        ensure!(
+            sc.lines().any(|l| l == format!("{key}=\"{port}/udp\"")),
+            "{protocol_file}: {key} is not the configuration's port {port}/udp:\n{sc}"
+        );
+    }
     let wizard = fs::read_to_string(dir.join("WIZARD_UIFILES/install_uifile"))?;
     for key in ["wizard_login_server", "wizard_auth_key"] {
         ensure!(
