@@ -7,7 +7,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_ANY, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_TBID, BPF_NOEXIST},
-    helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_ktime_get_ns, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -240,11 +240,14 @@ pub fn adjust_head(ctx: &XdpContext, delta: i32) -> bool {
     unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) == 0 }
 }
 
-/// CLOCK_MONOTONIC in ns.
+/// CLOCK_MONOTONIC in ns, at the kernel tick's resolution (CLOCK_MONOTONIC_COARSE, kernel
+/// 5.11+). Connection timeouts are seconds long, and the coarse clock reads a variable where
+/// the precise one reads the hardware clock, which in a VM costs tens of nanoseconds per
+/// packet. It never runs ahead of CLOCK_MONOTONIC, which userspace compares it with.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: the helper has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 // ---------------------------------------------------------------------------------------------

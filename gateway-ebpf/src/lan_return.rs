@@ -65,7 +65,7 @@ pub fn lan_return(ctx: XdpContext) -> u32 {
     let (action, counter) = (v & 0xff, (v >> 8) & 0xff);
     count_index(counter);
     if action == PASS && v & KERNEL_ONLY == 0 && is_returned(counter) {
-        return to_socket(&ctx);
+        return to_socket(&ctx, v);
     }
     action
 }
@@ -80,14 +80,19 @@ fn is_returned(counter: u32) -> bool {
 
 /// Redirects a returned packet to the AF_XDP socket of its receive queue when the interface it
 /// arrived on owns the sockets and one is registered for that queue; otherwise the kernel
-/// takes it (`XDP_PASS`), as without sockets.
+/// takes it (`XDP_PASS`), as without sockets. `v` is the verdict: [`EGRESS_CHECKED`] saves
+/// looking the interface up again.
 #[inline(always)]
-fn to_socket(ctx: &XdpContext) -> u32 {
+fn to_socket(ctx: &XdpContext, v: u32) -> u32 {
     // SAFETY: `ctx.ctx` points to this invocation's `xdp_md`.
     let (ingress, queue) = unsafe { ((*ctx.ctx).ingress_ifindex, (*ctx.ctx).rx_queue_index) };
-    match egress(ingress) {
-        Some(eg) if eg.has_flag(EGRESS_FLAG_XSK) => {}
-        _ => return PASS,
+    let owns_sockets = if v & EGRESS_CHECKED != 0 {
+        v & EGRESS_XSK != 0
+    } else {
+        egress(ingress).is_some_and(|eg| eg.has_flag(EGRESS_FLAG_XSK))
+    };
+    if !owns_sockets {
+        return PASS;
     }
     match LAN_XSKS.redirect(queue, u64::from(PASS)) {
         Ok(action) => {
@@ -110,14 +115,24 @@ fn pack(v: (u32, LanCounter)) -> u32 {
 /// but nothing completes for an AF_XDP socket, so it is never redirected to one.
 const KERNEL_ONLY: u32 = 1 << 24;
 
-/// `v` with [`KERNEL_ONLY`] set when `partial`.
+/// Bit in the action of a returned packet whose interface's egress entry was already looked
+/// up; [`EGRESS_XSK`] then says whether it has `EGRESS_FLAG_XSK`.
+const EGRESS_CHECKED: u32 = 1 << 25;
+/// See [`EGRESS_CHECKED`].
+const EGRESS_XSK: u32 = 1 << 26;
+
+/// `v` with [`KERNEL_ONLY`] set when `partial`, and with what the egress entry `eg` of the
+/// interface says about AF_XDP sockets ([`EGRESS_CHECKED`]).
 #[inline(always)]
-fn kernel_only_if(v: (u32, LanCounter), partial: bool) -> (u32, LanCounter) {
-    if partial {
-        (v.0 | KERNEL_ONLY, v.1)
-    } else {
-        v
+fn tag_returned(v: (u32, LanCounter), partial: bool, eg: &FwdEgress) -> (u32, LanCounter) {
+    let mut action = v.0 | EGRESS_CHECKED;
+    if eg.has_flag(EGRESS_FLAG_XSK) {
+        action |= EGRESS_XSK;
     }
+    if partial {
+        action |= KERNEL_ONLY;
+    }
+    (action, v.1)
 }
 
 #[inline(never)]
@@ -246,7 +261,7 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
             cport,
             partial,
         );
-        kernel_only_if(v, partial)
+        tag_returned(v, partial, &eg)
     } else {
         if ihl != 20 {
             // IPv4 options have no IPv6 equivalent here.
@@ -260,7 +275,11 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
             }
             return (DROP, LanCounter::DropTooBig);
         }
-        kernel_only_if(return_via6(ctx, &eth, &ip, &l4, orig, partial), partial)
+        tag_returned(
+            return_via6(ctx, &eth, &ip, &l4, orig, partial),
+            partial,
+            &eg,
+        )
     }
 }
 

@@ -22,6 +22,7 @@
 //! reported as measured: nothing here asserts on a rate.
 
 pub mod end_to_end;
+pub mod flood;
 pub mod lpm;
 pub mod report;
 pub mod stage;

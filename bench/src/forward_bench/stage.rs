@@ -7,7 +7,8 @@
 //!   masquerade, against `tun_forward` without and with SNAT. A TUN write runs the receive path
 //!   synchronously, so writes per second measure the per-packet cost of each path; the LAN
 //!   host's `rx_packets` counts what arrived.
-//! * [`return_lan_to_tun`]: the LAN host floods small UDP replies to a SNATed flow; packets
+//! * [`return_lan_to_tun`]: the LAN host floods small UDP replies to a SNATed flow (from an
+//!   XDP traffic generator, [`super::flood`], so the router, not the sender, sets the rate); packets
 //!   read back from the TUN per second: kernel conntrack de-NAT against `lan_return` (native
 //!   and generic mode), which de-NATs and passes to the kernel; and packets per second
 //!   received on an AF_XDP socket on `lan0`, to which native `lan_return` redirects the
@@ -16,7 +17,7 @@
 //! Numbers vary with the machine (sender, router and reader share its cores).
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -31,6 +32,7 @@ use tailgate::xdp::{
     XdpForward,
 };
 
+use super::flood::{ethernet_ipv4, parse_mac, XdpFlood};
 use super::{interrupted, one_line, Durations};
 use crate::lab::{veth, Netns};
 use crate::tunnel_bench::median;
@@ -50,6 +52,10 @@ pub const TUN_NAME: &str = "tgtun0";
 const PAYLOAD: usize = 18;
 /// How long a namespace thread may run beyond its measuring time before it is given up.
 const THREAD_SLACK: Duration = Duration::from_secs(20);
+/// After the measured phase, how long the XDP rows run on with `kernel.bpf_stats_enabled` for
+/// the program's run time per packet. Statistics cost two clock reads per program run, so the
+/// rates are measured without them.
+const COST_PHASE: Duration = Duration::from_millis(200);
 /// After the LAN sender stopped, how long the TUN reader keeps reading.
 const READ_GRACE: Duration = Duration::from_millis(300);
 
@@ -550,7 +556,6 @@ fn run_variants<V: Copy + fmt::Display>(
 /// TUN → LAN: every [`ForwardVariant`], `d.stage_repeats` runs of `d.stage` each, each run in
 /// fresh namespaces.
 pub fn forward_tun_to_lan(d: &Durations) -> StageReport<ForwardVariant> {
-    let _stats = BpfStats::enable();
     run_variants(&ForwardVariant::ALL, d.stage_repeats, |v| {
         forward_once(v, d.stage)
     })
@@ -562,6 +567,10 @@ fn forward_once(variant: ForwardVariant, seconds: Duration) -> Result<StageRun> 
         lab.masquerade()?;
     }
     let rx0 = StageLab::stat(&lab.lan, "lanh", "rx_packets")?;
+    // The router thread says when its measured phase ended; the LAN host's counter is read
+    // before it goes on with the cost phase.
+    let (measured_tx, measured_rx) = mpsc::channel();
+    let (counted_tx, counted_rx) = mpsc::channel();
     let handle = lab.router.spawn_inside(move || {
         let tun = tun_setup()?;
         let fwd = match variant {
@@ -573,25 +582,40 @@ fn forward_once(variant: ForwardVariant, seconds: Duration) -> Result<StageRun> 
         // Resolve the neighbour first.
         tun.write(&pkt);
         std::thread::sleep(Duration::from_millis(300));
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < seconds {
-            for _ in 0..1000 {
-                if tun.write(&pkt) {
-                    n += 1;
+        let write_for = |time: Duration| {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < time {
+                for _ in 0..1000 {
+                    if tun.write(&pkt) {
+                        n += 1;
+                    }
                 }
             }
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let cost = fwd
-            .as_ref()
-            .and_then(|f| ns_per_run(f, ForwardProgram::TunForward));
+            (n, start.elapsed().as_secs_f64())
+        };
+        let (n, secs) = write_for(seconds);
+        let _ = measured_tx.send(());
+        let cost = match &fwd {
+            Some(f) => {
+                counted_rx
+                    .recv_timeout(THREAD_SLACK)
+                    .map_err(|_| anyhow!("the LAN host's counter was not read"))?;
+                let _stats = BpfStats::enable();
+                write_for(COST_PHASE);
+                ns_per_run(f, ForwardProgram::TunForward)
+            }
+            None => None,
+        };
         let counters = fwd.as_ref().map(XdpForward::counters).transpose()?;
         Ok((n, secs, cost, counters))
     })?;
-    let (writes, secs, ns_per_pkt, counters) = join_bounded(handle, seconds + THREAD_SLACK)?;
+    let measured = measured_rx.recv_timeout(seconds + THREAD_SLACK);
     std::thread::sleep(Duration::from_millis(200));
     let delivered = StageLab::stat(&lab.lan, "lanh", "rx_packets")?.saturating_sub(rx0);
+    let _ = counted_tx.send(());
+    let (writes, secs, ns_per_pkt, counters) = join_bounded(handle, seconds + THREAD_SLACK)?;
+    measured.map_err(|_| anyhow!("the router's measured phase did not end"))?;
     if secs <= 0.0 {
         bail!("no time measured");
     }
@@ -607,7 +631,6 @@ fn forward_once(variant: ForwardVariant, seconds: Duration) -> Result<StageRun> 
 /// LAN → TUN: every [`ReturnVariant`], `d.stage_repeats` runs of `d.stage` each, each run in
 /// fresh namespaces.
 pub fn return_lan_to_tun(d: &Durations) -> StageReport<ReturnVariant> {
-    let _stats = BpfStats::enable();
     run_variants(&ReturnVariant::ALL, d.stage_repeats, |v| {
         return_once(v, d.stage)
     })
@@ -616,17 +639,22 @@ pub fn return_lan_to_tun(d: &Durations) -> StageReport<ReturnVariant> {
 /// Binds an AF_XDP socket to `lan0` queue 0 (the veth's only queue) in the calling thread's
 /// namespace and registers it with `lan_return`.
 fn lan_socket(fwd: &mut XdpForward) -> Result<XdpSocket> {
-    let name = std::ffi::CString::new("lan0")?;
-    // SAFETY: `name` is NUL-terminated; if_nametoindex only reads it.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("lan0: {}", std::io::Error::last_os_error());
-    }
-    let xsk = XdpSocket::bind(ifindex, 0, XdpSocketConfig::default())
+    let xsk = XdpSocket::bind(ifindex("lan0")?, 0, XdpSocketConfig::default())
         .context("binding an AF_XDP socket to lan0 queue 0")?;
     fwd.register_xsk(&xsk)
         .context("registering the AF_XDP socket")?;
     Ok(xsk)
+}
+
+/// The index of interface `name` in the calling thread's namespace.
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: `c` is NUL-terminated; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        bail!("{name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(index)
 }
 
 /// Counts IPv4 UDP packets received on the AF_XDP socket until `stop` is set (then for
@@ -675,20 +703,24 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     if variant == ReturnVariant::KernelConntrack {
         lab.masquerade()?;
     }
-    // The LAN host computes its UDP checksums itself, as a host on a real LAN does (over a
-    // veth, checksum offload would leave them partial, which only the kernel completes).
-    lab.lan
-        .exec("ethtool", &["-K", "lanh", "tx", "off"])
-        .context("turning off checksum offload on the LAN host's veth")?;
+    // Frames sent with XDP reach a veth only while its NAPI runs: with an XDP program
+    // attached, or with GRO on. On for every path alike (it merges no forwarded UDP).
+    lab.router
+        .exec("ethtool", &["-K", "lan0", "gro", "on"])
+        .context("turning on GRO on the router's lan0")?;
+    let router_mac = parse_mac(&lab.router.exec("cat", &["/sys/class/net/lan0/address"])?)?;
+    let host_mac = parse_mac(&lab.host_mac()?)?;
     let wait = Duration::from_secs(5);
-    // The LAN host learns the SNATed peer from the first datagram, then floods it.
+    // The LAN host learns the SNATed peer from the first datagram, then floods it with the
+    // XDP generator: replies with full checksums, as a host on a real LAN sends them.
     let (peer_tx, peer_rx) = mpsc::channel::<SocketAddr>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (sent2, stop2) = (sent.clone(), stop.clone());
+    let (cost_done_tx, cost_done_rx) = mpsc::channel();
     let sender = lab.lan.spawn_inside(move || {
-        let _stop = SetOnDrop(stop2);
+        let stop_reader = SetOnDrop(stop2);
         let s = UdpSocket::bind((HOST, 5353)).context("binding the LAN host's socket")?;
         s.set_read_timeout(Some(wait))?;
         let _ = ready_tx.send(());
@@ -697,19 +729,23 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
             .recv_from(&mut buf)
             .context("waiting for the first datagram from the tunnel side")?;
         let _ = peer_tx.send(peer);
-        s.connect(peer)?;
-        let payload = [0u8; PAYLOAD];
-        let start = Instant::now();
-        let mut n = 0;
-        while start.elapsed() < seconds {
-            for _ in 0..100 {
-                if s.send(&payload).is_ok() {
-                    n += 1;
-                }
-            }
-        }
+        let IpAddr::V4(peer_ip) = peer.ip() else {
+            bail!("the SNATed peer {peer} is not IPv4");
+        };
+        let reply = udp4(HOST, peer_ip, 5353, peer.port(), &[0u8; PAYLOAD]);
+        let flood = XdpFlood::load(&ethernet_ipv4(router_mac, host_mac, &reply))?;
+        let ifindex = ifindex("lanh")?;
+        let (n, secs) = flood.flood(ifindex, seconds)?;
         sent2.store(n, Ordering::Relaxed);
-        Ok(start.elapsed().as_secs_f64())
+        drop(stop_reader);
+        if variant.is_xdp() {
+            // After the reader stopped counting: the cost phase, read by the router thread.
+            std::thread::sleep(READ_GRACE + Duration::from_millis(100));
+            let _stats = BpfStats::enable();
+            flood.flood(ifindex, COST_PHASE)?;
+            let _ = cost_done_tx.send(());
+        }
+        Ok(secs)
     })?;
     ready_rx
         .recv_timeout(wait)
@@ -739,9 +775,15 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
             None => tun.count_until(&stop_r, deadline),
         };
         let secs = start.elapsed().as_secs_f64() - READ_GRACE.as_secs_f64();
-        let cost = fwd
-            .as_ref()
-            .and_then(|f| ns_per_run(f, ForwardProgram::LanReturn));
+        let cost = match &fwd {
+            Some(f) => {
+                cost_done_rx
+                    .recv_timeout(THREAD_SLACK)
+                    .map_err(|_| anyhow!("the LAN host's cost phase did not end"))?;
+                ns_per_run(f, ForwardProgram::LanReturn)
+            }
+            None => None,
+        };
         let counters = fwd.as_ref().map(XdpForward::counters).transpose()?;
         Ok((peer, read, secs, cost, counters))
     });

@@ -51,8 +51,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
-    chain, check_capabilities, ebpf_object, raise_memlock_rlimit_if_needed, AttachPreference,
-    ForwardCounters, XdpError,
+    chain, check_capabilities, ebpf_object, prog_test_run_xdp, raise_memlock_rlimit_if_needed,
+    AttachPreference, ForwardCounters, TestRun, XdpError,
 };
 use crate::afxdp::XdpSocket;
 use crate::nat::conntrack::Timeouts;
@@ -179,17 +179,6 @@ pub mod action {
     pub const PASS: u32 = 2;
     pub const TX: u32 = 3;
     pub const REDIRECT: u32 = 4;
-}
-
-/// Result of one `BPF_PROG_TEST_RUN`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TestRun {
-    /// The program's return value (an [`action`]).
-    pub action: u32,
-    /// The packet after the program (as it would be passed, transmitted or redirected).
-    pub data: Vec<u8>,
-    /// Average run time per repetition, ns.
-    pub duration_ns: u32,
 }
 
 /// One tracked connection (for status and debugging).
@@ -1262,92 +1251,6 @@ impl Drop for XdpForward {
     }
 }
 
-/// `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it for its context.
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-
-/// The `test` member of `union bpf_attr` (kernel 5.10+ layout, zero-padded).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-/// Room for headers an XDP program may prepend in a test run.
-const TEST_RUN_HEADROOM: usize = 256;
-
-/// `BPF_PROG_TEST_RUN` of an XDP program (aya 0.13 has no wrapper).
-pub fn prog_test_run_xdp(
-    prog_fd: i32,
-    packet: &[u8],
-    ingress_ifindex: u32,
-    repeat: u32,
-) -> std::io::Result<TestRun> {
-    let mut out = vec![0u8; packet.len() + TEST_RUN_HEADROOM];
-    let ctx = XdpMd {
-        data_end: packet.len() as u32,
-        ingress_ifindex,
-        ..XdpMd::default()
-    };
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: packet.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: repeat.max(1),
-        ..TestRunAttr::default()
-    };
-    if ingress_ifindex != 0 {
-        attr.ctx_size_in = std::mem::size_of::<XdpMd>() as u32;
-        attr.ctx_in = &ctx as *const XdpMd as u64;
-    }
-    // SAFETY: `attr` is a zero-initialised `bpf_attr` prefix of the size passed; the pointers
-    // in it (`packet`, `out`, `ctx`) are valid for the lengths given and outlive the call; the
-    // kernel writes at most `data_size_out` bytes into `out`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    out.truncate(attr.data_size_out as usize);
-    Ok(TestRun {
-        action: attr.retval,
-        data: out,
-        duration_ns: attr.duration,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1461,11 +1364,5 @@ mod tests {
             matches!(err, ForwardError::Xdp(XdpError::NotEmbedded)),
             "{err}"
         );
-    }
-
-    #[test]
-    fn attr_layout() {
-        assert_eq!(std::mem::size_of::<TestRunAttr>(), 80);
-        assert_eq!(std::mem::size_of::<XdpMd>(), 24);
     }
 }

@@ -15,6 +15,7 @@ mod counters;
 mod forward;
 mod forward_counters;
 pub mod stun;
+mod test_run;
 mod wan_ingress;
 
 use std::error::Error as StdError;
@@ -25,13 +26,14 @@ use serde::{Deserialize, Serialize};
 
 pub use counters::WanCounters;
 pub use forward::{
-    action as xdp_action, prog_test_run_xdp, ExpireStats, ForwardConn, ForwardError,
-    ForwardOptions, ForwardProgram, ForwardRoute, LanInterface, TestRun, XdpForward,
+    action as xdp_action, ExpireStats, ForwardConn, ForwardError, ForwardOptions, ForwardProgram,
+    ForwardRoute, LanInterface, XdpForward,
 };
 pub use forward_counters::{ForwardCounters, LanReturnCounters, TunForwardCounters};
 pub use gateway_common::WanCounter;
 pub use gateway_common::{LanCounter, TunCounter};
 pub use stun::{XdpStunCounters, XdpStunResponder};
+pub use test_run::{prog_run_xdp_live, prog_test_run_xdp, TestRun};
 pub use wan_ingress::{WanIngressOptions, XdpWanIngress};
 
 /// Message used when the binary does not carry the eBPF object.
