@@ -78,20 +78,9 @@ pub fn prog_test_run_xdp(
         attr.ctx_size_in = std::mem::size_of::<XdpMd>() as u32;
         attr.ctx_in = &ctx as *const XdpMd as u64;
     }
-    // SAFETY: `attr` is a zero-initialised `bpf_attr` prefix of the size passed; the pointers
-    // in it (`packet`, `out`, `ctx`) are valid for the lengths given and outlive the call; the
-    // kernel writes at most `data_size_out` bytes into `out`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: the pointers in `attr` (`packet`, `out`, `ctx`) are valid for the lengths given
+    // and outlive the call; the kernel writes at most `data_size_out` bytes into `out`.
+    unsafe { bpf_prog_test_run(&mut attr)? };
     out.truncate(attr.data_size_out as usize);
     Ok(TestRun {
         action: attr.retval,
@@ -132,14 +121,24 @@ pub fn prog_run_xdp_live(
         batch_size,
         ..TestRunAttr::default()
     };
-    // SAFETY: `attr` is a zero-initialised `bpf_attr` prefix of the size passed; `frame` and
-    // `ctx` are valid for the lengths given and outlive the call; live-frames mode writes no
-    // output buffer (`data_out` is null with size 0).
+    // SAFETY: `frame` and `ctx` are valid for the lengths given and outlive the call;
+    // live-frames mode writes no output buffer (`data_out` is null with size 0).
+    unsafe { bpf_prog_test_run(&mut attr) }
+}
+
+/// The `BPF_PROG_TEST_RUN` system call.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for the length given beside it for the whole call,
+/// and writable where the kernel writes (`data_out`, `ctx_out`).
+unsafe fn bpf_prog_test_run(attr: &mut TestRunAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a zero-initialised `bpf_attr` prefix of the size passed; the caller
+    // vouches for the pointers in it.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
+            attr as *mut TestRunAttr,
             std::mem::size_of::<TestRunAttr>() as u32,
         )
     };
