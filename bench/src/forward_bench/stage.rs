@@ -208,14 +208,8 @@ impl Tun {
     fn count_until(&self, stop: &AtomicBool, deadline: Instant) -> u64 {
         let mut buf = vec![0u8; 65536];
         let mut n = 0;
-        let mut grace: Option<Instant> = None;
-        while Instant::now() < deadline {
-            if grace.is_none() && stop.load(Ordering::Relaxed) {
-                grace = Some(Instant::now() + READ_GRACE);
-            }
-            if grace.is_some_and(|g| Instant::now() > g) {
-                break;
-            }
+        let mut clock = ReadClock::new(stop, deadline);
+        while clock.keep_reading() {
             let mut pfd = libc::pollfd {
                 fd: self.fd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -239,6 +233,33 @@ impl Tun {
             }
         }
         n
+    }
+}
+
+/// When a reader stops: [`READ_GRACE`] after `stop` is set (packets still in flight are
+/// counted), or at `deadline`.
+struct ReadClock<'a> {
+    stop: &'a AtomicBool,
+    deadline: Instant,
+    grace_end: Option<Instant>,
+}
+
+impl<'a> ReadClock<'a> {
+    fn new(stop: &'a AtomicBool, deadline: Instant) -> ReadClock<'a> {
+        ReadClock {
+            stop,
+            deadline,
+            grace_end: None,
+        }
+    }
+
+    /// Whether to read on; checked before every burst of reads.
+    fn keep_reading(&mut self) -> bool {
+        let now = Instant::now();
+        if self.grace_end.is_none() && self.stop.load(Ordering::Relaxed) {
+            self.grace_end = Some(now + READ_GRACE);
+        }
+        now < self.deadline && self.grace_end.is_none_or(|g| now <= g)
     }
 }
 
@@ -661,14 +682,8 @@ fn ifindex(name: &str) -> Result<u32> {
 /// [`READ_GRACE`]) or `deadline` passes, as [`Tun::count_until`] does for the TUN.
 fn count_socket_until(xsk: &mut XdpSocket, stop: &AtomicBool, deadline: Instant) -> Result<u64> {
     let mut n = 0u64;
-    let mut grace: Option<Instant> = None;
-    while Instant::now() < deadline {
-        if grace.is_none() && stop.load(Ordering::Relaxed) {
-            grace = Some(Instant::now() + READ_GRACE);
-        }
-        if grace.is_some_and(|g| Instant::now() > g) {
-            break;
-        }
+    let mut clock = ReadClock::new(stop, deadline);
+    while clock.keep_reading() {
         let mut got = 0;
         // At most this many batches before the clocks are checked again.
         for _ in 0..64 {
@@ -823,6 +838,19 @@ mod tests {
         assert!(ck::verify(&p[..20], 0));
         let pseudo = ck::pseudo_header_v4(CLIENT4.octets(), HOST.octets(), 17, 8 + PAYLOAD as u16);
         assert!(ck::verify(&p[20..], pseudo));
+    }
+
+    #[test]
+    fn readers_stop_a_grace_after_the_flag_or_at_the_deadline() {
+        let stop = AtomicBool::new(false);
+        let mut clock = ReadClock::new(&stop, Instant::now() + Duration::from_secs(10));
+        assert!(clock.keep_reading());
+        stop.store(true, Ordering::Relaxed);
+        assert!(clock.keep_reading(), "packets in flight are still read");
+        std::thread::sleep(READ_GRACE + Duration::from_millis(20));
+        assert!(!clock.keep_reading());
+        let running = AtomicBool::new(false);
+        assert!(!ReadClock::new(&running, Instant::now()).keep_reading());
     }
 
     #[test]
