@@ -96,51 +96,14 @@ pub fn scratch<'a>() -> Option<&'a mut Scratch> {
 }
 
 pub const AF_INET: u8 = 2;
-pub const ETH_P_IPV4: [u8; 2] = 0x0800u16.to_be_bytes();
-pub const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
-pub const ETH_HDR_LEN: usize = 14;
+pub use crate::helpers::{ETH_HDR_LEN, ETH_P_IPV4, ETH_P_IPV6};
 /// Translated IPv4 packets longer than this get DF (RFC 7915 §5.1, as `nat::translate`).
 pub const DF_THRESHOLD: usize = 1260;
 /// The reply-entry check interval of `tun_forward` (LRU eviction can drop one half of a
 /// connection): at most once per second per connection.
 pub const CT_CHECK_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// Ethernet header (a `Copy` twin of `helpers::EthHdr`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub ether_type: [u8; 2],
-}
-
-/// IPv4 header without options (a `Copy` twin of `helpers::Ipv4Hdr`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
-    pub protocol: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-}
-
-/// IPv6 fixed header (a `Copy` twin of `helpers::Ipv6Hdr`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Ipv6Hdr {
-    pub version_tc_flow: [u8; 4],
-    pub payload_len: [u8; 2],
-    pub next_hdr: u8,
-    pub hop_limit: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-}
+pub use crate::helpers::{EthHdr, Ipv4Hdr, Ipv6Hdr};
 
 /// UDP header.
 #[repr(C)]

@@ -19,6 +19,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_FRAGMENT: u8 = 44;
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
@@ -32,6 +33,7 @@ pub struct VlanHdr {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Ipv4Hdr {
     pub version_ihl: u8,
     pub tos: u8,
@@ -46,6 +48,7 @@ pub struct Ipv4Hdr {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Ipv6Hdr {
     pub version_tc_flow: [u8; 4],
     pub payload_len: [u8; 2],
