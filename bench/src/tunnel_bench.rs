@@ -650,60 +650,34 @@ impl Run {
     }
 }
 
-/// Runs one iperf3 test: a one-shot server in the server namespace, the client (with `-J`)
-/// in the client namespace, both bounded.
-fn run_iperf(topo: &Topology, test: Test, seconds: u32, port: u16) -> Result<Run> {
-    let port_s = port.to_string();
-    let server_ns = topo.server_ns();
-    let mut server = crate::lab::iperf3_server(server_ns, port)?;
-
-    let secs = seconds.to_string();
-    let dst = topo.server_addr();
-    let mut args = vec![
+/// An iperf3 client in `ns` toward `target:port` for `seconds`, with JSON output and a
+/// 5 s connect timeout; add the test's own arguments, then run it with [`run_iperf_client`].
+pub fn iperf_client(ns: &Netns, target: &str, port: u16, seconds: u32) -> Command {
+    let mut c = ns.command("iperf3");
+    c.args([
         "-c",
-        &dst,
+        target,
         "-p",
-        &port_s,
+        &port.to_string(),
         "-t",
-        &secs,
-        "-J",
-        "--connect-timeout",
-        "5000",
-    ];
-    let payload = UDP_PAYLOAD.to_string();
-    let receiver_ns = match test {
-        Test::Tcp { streams, reverse } => {
-            if streams > 1 {
-                args.extend(["-P", if streams == 4 { "4" } else { "2" }]);
-            }
-            if reverse {
-                args.push("-R");
-                topo.client_ns()
-            } else {
-                server_ns
-            }
-        }
-        Test::Udp => {
-            args.extend(["-u", "-b", "0", "-l", &payload]);
-            server_ns
-        }
-    };
-    let mut client = topo.client_ns().command("iperf3");
-    client.args(&args);
+        &seconds.to_string(),
+    ])
+    .args(["-J", "--connect-timeout", "5000"]);
+    c
+}
 
-    let client_ns = topo.client_ns();
-    let client_if = topo.client_ifname();
-    let tx_dropped_before = tx_dropped(client_ns, client_if)?;
-    let udp_before = udp_counters(receiver_ns)?;
-    let cpu_before = busy_jiffies()?;
-    let out = run_bounded(
-        &mut client,
+/// Runs an [`iperf_client`] of `seconds`, killed [`IPERF_SLACK`] after it should have ended.
+pub fn run_iperf_client(client: &mut Command, seconds: u32) -> Result<BoundedOutput> {
+    run_bounded(
+        client,
         Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
-    )?;
-    let cpu_after = busy_jiffies()?;
-    let udp_after = udp_counters(receiver_ns)?;
-    let tx_dropped_after = tx_dropped(client_ns, client_if)?;
-    let iperf = parse_iperf(&out.stdout).map_err(|e| {
+    )
+}
+
+/// The result of an iperf3 client run against `server` (a one-shot server, stopped here); a
+/// failed run is reported with the client's exit, stderr and the server's log.
+pub fn finish_iperf(out: &BoundedOutput, mut server: crate::lab::Process) -> Result<IperfResult> {
+    let result = parse_iperf(&out.stdout).map_err(|e| {
         anyhow!(
             "{e:#} (iperf3 client exit {}, stderr: {}; server log: {})",
             out.status,
@@ -715,6 +689,44 @@ fn run_iperf(topo: &Topology, test: Test, seconds: u32, port: u16) -> Result<Run
         bail!("iperf3 client exited {}", out.status);
     }
     let _ = server.stop();
+    Ok(result)
+}
+
+/// Runs one iperf3 test: a one-shot server in the server namespace, the client (with `-J`)
+/// in the client namespace, both bounded.
+fn run_iperf(topo: &Topology, test: Test, seconds: u32, port: u16) -> Result<Run> {
+    let server_ns = topo.server_ns();
+    let server = crate::lab::iperf3_server(server_ns, port)?;
+    let mut client = iperf_client(topo.client_ns(), &topo.server_addr(), port, seconds);
+    let payload = UDP_PAYLOAD.to_string();
+    let receiver_ns = match test {
+        Test::Tcp { streams, reverse } => {
+            if streams > 1 {
+                client.args(["-P", if streams == 4 { "4" } else { "2" }]);
+            }
+            if reverse {
+                client.arg("-R");
+                topo.client_ns()
+            } else {
+                server_ns
+            }
+        }
+        Test::Udp => {
+            client.args(["-u", "-b", "0", "-l", &payload]);
+            server_ns
+        }
+    };
+
+    let client_ns = topo.client_ns();
+    let client_if = topo.client_ifname();
+    let tx_dropped_before = tx_dropped(client_ns, client_if)?;
+    let udp_before = udp_counters(receiver_ns)?;
+    let cpu_before = busy_jiffies()?;
+    let out = run_iperf_client(&mut client, seconds)?;
+    let cpu_after = busy_jiffies()?;
+    let udp_after = udp_counters(receiver_ns)?;
+    let tx_dropped_after = tx_dropped(client_ns, client_if)?;
+    let iperf = finish_iperf(&out, server)?;
     Ok(Run {
         iperf,
         busy_cpu_s: cpu_after.saturating_sub(cpu_before) as f64 / clock_ticks(),

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 use super::policy::{
@@ -24,14 +24,12 @@ use super::policy::{
 use crate::forward_bench::{E2eTest, XdpDelta};
 use crate::lab::control::{ControlServer, CtlNode, TempDir, SETTLE};
 use crate::lab::{wait_for, Lab};
-use crate::tunnel_bench::{interrupted, median, one_line, parse_iperf, run_bounded};
+use crate::tunnel_bench::{
+    finish_iperf, interrupted, iperf_client, median, one_line, run_iperf_client,
+};
 
-/// Extra time an iperf3 client gets beyond its test duration before it is killed.
-const IPERF_SLACK: Duration = Duration::from_secs(20);
-/// Offered UDP rate (far more than the tunnel carries).
-pub const UDP_RATE: &str = "1G";
-/// UDP payload of the packet-rate test, bytes.
-pub const UDP_PAYLOAD: u16 = 64;
+/// UDP payload of the packet-rate test, bytes (the forwarding benchmark's tests are run).
+pub use crate::forward_bench::end_to_end::UDP_PAYLOAD;
 /// Pause after a policy switch, before the run.
 pub const SWITCH_SETTLE: Duration = Duration::from_millis(300);
 /// The tests of each repetition, in order (each under both policies in turn).
@@ -62,19 +60,6 @@ impl Durations {
             repeats: 1,
         }
     }
-}
-
-/// The iperf3 arguments of `test` besides the target, port and duration.
-pub fn iperf_args(test: E2eTest) -> Vec<String> {
-    let mut a: Vec<String> = Vec::new();
-    if test.is_udp() {
-        a.extend(["-u", "-b", UDP_RATE, "-l"].map(String::from));
-        a.push(UDP_PAYLOAD.to_string());
-    }
-    if test.is_reverse() {
-        a.push("-R".into());
-    }
-    a
 }
 
 /// The router's packet filter as `tailgate status --json` shows it (`filter`).
@@ -503,36 +488,10 @@ impl AclLab {
             .router
             .lan(0)
             .ok_or_else(|| anyhow!("the router has no LAN host"))?;
-        let mut server = crate::lab::iperf3_server(lan, port)?;
-        let mut client = self.client.host.ns.command("iperf3");
-        client
-            .args([
-                "-c",
-                LAN_HOST,
-                "-p",
-                &port.to_string(),
-                "-t",
-                &secs.to_string(),
-            ])
-            .args(["-J", "--connect-timeout", "5000"])
-            .args(iperf_args(test));
-        let out = run_bounded(
-            &mut client,
-            Duration::from_secs(u64::from(secs)) + IPERF_SLACK,
-        )?;
-        let result = parse_iperf(&out.stdout).map_err(|e| {
-            anyhow!(
-                "{e:#} (iperf3 client exit {}, stderr: {}; server log: {})",
-                out.status,
-                one_line(&out.stderr, 200),
-                one_line(&server.log(), 200)
-            )
-        })?;
-        if !out.status.success() {
-            bail!("iperf3 client exited {}", out.status);
-        }
-        let _ = server.stop();
-        Ok(result)
+        let server = crate::lab::iperf3_server(lan, port)?;
+        let mut client = iperf_client(&self.client.host.ns, LAN_HOST, port, secs);
+        client.args(test.iperf_args());
+        finish_iperf(&run_iperf_client(&mut client, secs)?, server)
     }
 
     fn describe(&self) -> Vec<String> {
@@ -679,15 +638,5 @@ mod tests {
         assert_eq!(b.since(&a).accepted_established, 50);
         let off = FilterState::from_status(&serde_json::json!({"filter":{"enabled":false}}), None);
         assert!(!off.enabled && off.rules == 0);
-    }
-
-    #[test]
-    fn iperf_arguments() {
-        assert_eq!(
-            iperf_args(E2eTest::UdpFwd),
-            ["-u", "-b", "1G", "-l", "64"].map(String::from)
-        );
-        assert!(iperf_args(E2eTest::TcpFwd).is_empty());
-        assert_eq!(iperf_args(E2eTest::TcpRev), ["-R"].map(String::from));
     }
 }

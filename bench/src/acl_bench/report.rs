@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::end_to_end::{iperf_args, SWITCH_SETTLE, TESTS, UDP_PAYLOAD};
+use super::end_to_end::{SWITCH_SETTLE, TESTS, UDP_PAYLOAD};
 use super::micro::{ACCEPTED_PORT, CLIENT, REFUSED_PORT, SERVER};
 use super::policy::{
     PolicyKind, BENCH_USER, ELSEWHERE_EVERY, IPERF_PORTS, LAN_HOST, LAN_ROUTE, ROUTER_TAG,
@@ -230,10 +230,10 @@ fn end_to_end(s: &mut String, r: &Report) {
          stream, client → LAN host) and `iperf3 {} -t {}` (TCP, LAN host → client).\n\
          - Around every run the router's `routing.fast_path.counters` and `filter` counters \
          are read from its `tailgate status --json`.\n",
-        iperf_args(E2eTest::UdpFwd).join(" "),
+        E2eTest::UdpFwd.iperf_args().join(" "),
         d.iperf_seconds,
         d.iperf_seconds,
-        iperf_args(E2eTest::TcpRev).join(" "),
+        E2eTest::TcpRev.iperf_args().join(" "),
         d.iperf_seconds
     );
     let _ = writeln!(

@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::{interrupted, one_line, Durations};
 use crate::lab::node::{peer_spec, PeerSpec, LISTEN_PORT};
 use crate::lab::{wait_for, Keypair, Kind, Lab, Netns, Node};
-use crate::tunnel_bench::{parse_iperf, run_bounded, Figure, IperfResult};
+use crate::tunnel_bench::{finish_iperf, iperf_client, run_iperf_client, Figure, IperfResult};
 
 /// The LAN the router serves.
 pub const LAN_ROUTE: &str = "192.168.50.0/24";
@@ -41,8 +41,6 @@ pub const UDP_RATE: &str = "1G";
 const PATH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the first ping to the LAN host may take (handshake included).
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// Extra time an iperf3 client gets beyond its test duration before it is killed.
-const IPERF_SLACK: Duration = Duration::from_secs(20);
 /// First iperf3 port; runs rotate through a few so that no run waits for an old socket.
 const IPERF_PORT: u16 = 5301;
 
@@ -153,7 +151,8 @@ impl E2eTest {
         }
     }
 
-    fn iperf_args(self) -> Vec<String> {
+    /// The iperf3 arguments of the test besides the target, port and duration.
+    pub fn iperf_args(self) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         if self.is_udp() {
             a.extend(["-u", "-b", UDP_RATE, "-l"].map(String::from));
@@ -478,31 +477,10 @@ fn tail(s: &str, lines: usize) -> String {
 /// Runs one iperf3 test: a one-shot server on the LAN host, the client (`-J`) in the
 /// client's namespace, both bounded.
 fn run_iperf(rl: &RouterLab, test: E2eTest, seconds: u32, port: u16) -> Result<IperfResult> {
-    let port_s = port.to_string();
-    let lan = rl.lan_ns();
-    let mut server = crate::lab::iperf3_server(lan, port)?;
-    let mut client = rl.client_ns().command("iperf3");
-    client
-        .args(["-c", LAN_HOST, "-p", &port_s, "-t", &seconds.to_string()])
-        .args(["-J", "--connect-timeout", "5000"])
-        .args(test.iperf_args());
-    let out = run_bounded(
-        &mut client,
-        Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
-    )?;
-    let result = parse_iperf(&out.stdout).map_err(|e| {
-        anyhow!(
-            "{e:#} (iperf3 client exit {}, stderr: {}; server log: {})",
-            out.status,
-            one_line(&out.stderr, 200),
-            one_line(&server.log(), 200)
-        )
-    })?;
-    if !out.status.success() {
-        bail!("iperf3 client exited {}", out.status);
-    }
-    let _ = server.stop();
-    Ok(result)
+    let server = crate::lab::iperf3_server(rl.lan_ns(), port)?;
+    let mut client = iperf_client(rl.client_ns(), LAN_HOST, port, seconds);
+    client.args(test.iperf_args());
+    finish_iperf(&run_iperf_client(&mut client, seconds)?, server)
 }
 
 /// Datagrams per second the receiver got, and the loss percentage.
