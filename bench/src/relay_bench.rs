@@ -69,20 +69,6 @@ fn can_pin() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| n.get() > RELAY_CPU)
 }
 
-/// Pins the calling thread to `cpu` (nothing on a machine with fewer CPUs).
-fn pin_current_thread(cpu: usize) {
-    if !can_pin() {
-        return;
-    }
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (cpu < CPU_SETSIZE), and
-    // sched_setaffinity(0, …) only reads the set and changes the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// The paths compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path_ {
@@ -311,10 +297,10 @@ fn stat_cpu_secs(path: &str) -> f64 {
 
 /// Sends `size`-byte packets from a relay client on `a` to one on `b` for `dur`.
 fn relay_run(a: &ConnectOptions, b: &ConnectOptions, size: usize, dur: Duration) -> Result<Run> {
-    pin_current_thread(ENDPOINT_CPU);
+    crate::lab::pin_current_thread(ENDPOINT_CPU);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .on_thread_start(|| pin_current_thread(ENDPOINT_CPU))
+        .on_thread_start(|| crate::lab::pin_current_thread(ENDPOINT_CPU))
         .enable_all()
         .build()?;
     rt.block_on(async {
@@ -394,12 +380,12 @@ fn udp_run(
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (r2, s2) = (received.clone(), stop.clone());
-    pin_current_thread(ENDPOINT_CPU);
+    crate::lab::pin_current_thread(ENDPOINT_CPU);
     if gso && !enable_gro(rx.as_raw_fd()) {
         bail!("the kernel refuses UDP GRO");
     }
     let reader = std::thread::spawn(move || {
-        pin_current_thread(ENDPOINT_CPU);
+        crate::lab::pin_current_thread(ENDPOINT_CPU);
         let mut buf = [0u8; 2048];
         let mut batch = DatagramBatch::new(if gso { 64 } else { 1 });
         while !s2.load(Relaxed) {
@@ -483,7 +469,7 @@ impl PeerRelayThread {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            pin_current_thread(RELAY_CPU);
+            crate::lab::pin_current_thread(RELAY_CPU);
             let started = (|| -> Result<_> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -640,7 +640,9 @@ fn stage(s: &mut String, r: &Report) {
          set by the router's per-packet cost, not by a sender's system calls; \"sent\" counts \
          the frames made, of which the veth drops those its ring has no room for. GRO is on \
          on the router's `lan0` in every row (a veth takes frames sent with XDP only while its \
-         NAPI runs; GRO merges no forwarded UDP). One thread reads the TUN. The kernel path \
+         NAPI runs; GRO merges no forwarded UDP). One thread reads the TUN. The generator is \
+         pinned to CPU 0 and the reader to CPU 1, as the NIC's interrupts and the daemon would \
+         be apart on a larger router. The kernel path \
          de-NATs with conntrack (nftables masquerade); `lan_return` de-NATs in XDP and passes \
          the packet to the kernel, which routes it into the TUN. In the AF_XDP row, \
          `lan_return` (native) redirects the de-NATed packets to an AF_XDP socket on `lan0` \

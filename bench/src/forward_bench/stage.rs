@@ -56,6 +56,12 @@ const THREAD_SLACK: Duration = Duration::from_secs(20);
 /// the program's run time per packet. Statistics cost two clock reads per program run, so the
 /// rates are measured without them.
 const COST_PHASE: Duration = Duration::from_millis(200);
+/// The CPU of the LAN host's generator (and so of the router's receive path, which runs in the
+/// generator's softirq), and the CPU of the thread that reads the TUN or the AF_XDP socket:
+/// apart, as the router's NIC interrupts and its daemon would be on a larger machine.
+const SENDER_CPU: usize = 0;
+/// See [`SENDER_CPU`].
+const READER_CPU: usize = 1;
 /// After the LAN sender stopped, how long the TUN reader keeps reading.
 const READ_GRACE: Duration = Duration::from_millis(300);
 
@@ -736,6 +742,7 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     let (cost_done_tx, cost_done_rx) = mpsc::channel();
     let sender = lab.lan.spawn_inside(move || {
         let stop_reader = SetOnDrop(stop2);
+        crate::lab::pin_current_thread(SENDER_CPU);
         let s = UdpSocket::bind((HOST, 5353)).context("binding the LAN host's socket")?;
         s.set_read_timeout(Some(wait))?;
         let _ = ready_tx.send(());
@@ -767,6 +774,7 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
         .map_err(|_| anyhow!("the LAN host's socket did not open"))?;
     let stop_r = stop.clone();
     let router = lab.router.spawn_inside(move || {
+        crate::lab::pin_current_thread(READER_CPU);
         let tun = tun_setup()?;
         let mut fwd = match variant {
             ReturnVariant::XdpNative | ReturnVariant::XdpNativeAfXdp => {

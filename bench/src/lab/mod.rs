@@ -210,3 +210,17 @@ pub fn tailgate_bin() -> std::result::Result<std::path::PathBuf, String> {
         Err("no tailgate binary: set TAILGATE_BIN or run `cargo xtask build`".into())
     }
 }
+
+/// Pins the calling thread to `cpu`; nothing on a machine without that CPU.
+pub fn pin_current_thread(cpu: usize) {
+    if !std::thread::available_parallelism().is_ok_and(|n| n.get() > cpu) {
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (cpu < CPU_SETSIZE), and
+    // sched_setaffinity(0, …) only reads the set and changes the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
