@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over these layers; see `docs/ARCHITECTURE.md`.
 
 pub mod afxdp;
+pub mod ambient_caps;
 pub mod api;
 pub mod atomic_file;
 pub mod cli;

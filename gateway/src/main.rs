@@ -173,18 +173,22 @@ fn run(cli: Cli) -> Result<()> {
             tun,
             socks5_server,
             outbound_http_proxy_listen,
-        } => runtime()?.block_on(daemon::run(DaemonOptions {
-            config,
-            socket: cli.socket,
-            no_xdp,
-            no_offload,
-            xdp,
-            metrics_listen,
-            accept_dns,
-            tun,
-            socks5_server,
-            http_proxy_listen: outbound_http_proxy_listen,
-        })),
+        } => {
+            // Before the runtime's threads exist: they copy this thread's capabilities.
+            tailgate::ambient_caps::pass_on_to_children();
+            runtime()?.block_on(daemon::run(DaemonOptions {
+                config,
+                socket: cli.socket,
+                no_xdp,
+                no_offload,
+                xdp,
+                metrics_listen,
+                accept_dns,
+                tun,
+                socks5_server,
+                http_proxy_listen: outbound_http_proxy_listen,
+            }))
+        }
         Command::Status { json } => {
             let response = runtime()?.block_on(api::request(&cli.socket, &Request::Status))?;
             match response {
