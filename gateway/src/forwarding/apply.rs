@@ -197,7 +197,10 @@ impl Routing {
                 forwarding_enabled.push(c);
             }
         }
-        let nat_rules = if prefs.is_router() || self.nft_installed {
+        // No NAT program runs unless a rule is needed or ours are to be removed: a subnet
+        // router without SNAT, 4via6 or exit service works without nft.
+        let needs_nat = !nft::ruleset(&self.ifname, &prefs).is_empty();
+        let nat_rules = if needs_nat || self.nft_installed {
             let rules = nft::apply(&self.ifname, &prefs)?;
             self.nft_installed = !rules.is_empty();
             if !rules.is_empty() {
