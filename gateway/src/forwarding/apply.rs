@@ -11,7 +11,8 @@ use crate::netcfg::policy::{connected_networks, ExitRouting, BYPASS_MARK};
 use crate::netcfg::{InstalledRoutes, Netlink};
 use crate::prefs::RoutingPrefs;
 
-use super::{nft, sysctl, FastPath};
+use super::nat_backend::{needs_nat, NatBackend};
+use super::{sysctl, FastPath};
 
 /// A change requested by `tailgate set`: only the given fields change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -85,8 +86,12 @@ pub struct RoutingStatus {
     pub advertised: Vec<String>,
     /// Sysctls this daemon turned on.
     pub forwarding_enabled: Vec<String>,
-    /// The nftables rules in force (the fallback forwarding path).
+    /// The NAT rules in force (the fallback forwarding path), as the backend states them.
     pub nat_rules: Vec<String>,
+    /// The program that installed them: `nftables` or `iptables`; `None` while no NAT rule
+    /// was needed.
+    #[serde(default)]
+    pub nat_backend: Option<String>,
     /// Which path forwards subnet traffic and why.
     pub forwarding_path: String,
     /// The XDP fast path in detail.
@@ -102,7 +107,10 @@ pub struct Routing {
     netlink: Netlink,
     exit: ExitRouting,
     status: RoutingStatus,
-    nft_installed: bool,
+    /// The NAT backend, chosen when a rule is first needed.
+    nat: Option<NatBackend>,
+    /// Whether rules of ours are installed.
+    nat_installed: bool,
     fast: FastPath,
     /// Userspace networking: no kernel forwarding, NAT or policy routing to drive.
     userspace: bool,
@@ -122,7 +130,8 @@ impl Routing {
             exit: ExitRouting::new(netlink.clone(), index),
             netlink,
             status: RoutingStatus::default(),
-            nft_installed: false,
+            nat: None,
+            nat_installed: false,
             fast,
             userspace: false,
         }
@@ -161,11 +170,17 @@ impl Routing {
         if !prefs.is_router() {
             return "not a router".into();
         }
-        const KERNEL: &str = "kernel forwarding + nftables masquerade, 4via6 in userspace";
+        let kernel = match &self.nat {
+            Some(b) => format!(
+                "kernel forwarding + {} masquerade, 4via6 in userspace",
+                b.name()
+            ),
+            None => "kernel forwarding (no NAT rule needed), 4via6 in userspace".to_string(),
+        };
         if self.fast.is_active() {
-            format!("{}; the rest: {KERNEL}", self.fast.summary())
+            format!("{}; the rest: {kernel}", self.fast.summary())
         } else {
-            format!("{KERNEL} (XDP fast path {})", self.fast.summary())
+            format!("{kernel} (XDP fast path {})", self.fast.summary())
         }
     }
 
@@ -198,13 +213,16 @@ impl Routing {
             }
         }
         // No NAT program runs unless a rule is needed or ours are to be removed: a subnet
-        // router without SNAT, 4via6 or exit service works without nft.
-        let needs_nat = !nft::ruleset(&self.ifname, &prefs).is_empty();
-        let nat_rules = if needs_nat || self.nft_installed {
-            let rules = nft::apply(&self.ifname, &prefs)?;
-            self.nft_installed = !rules.is_empty();
+        // router without SNAT, 4via6 or exit service works without nft or iptables.
+        let nat_rules = if needs_nat(&prefs) || self.nat_installed {
+            if self.nat.is_none() {
+                self.nat = Some(NatBackend::detect()?);
+            }
+            let nat = self.nat.as_ref().expect("chosen above");
+            let rules = nat.apply(&self.ifname, &prefs)?;
+            self.nat_installed = !rules.is_empty();
             if !rules.is_empty() {
-                log::info!("NAT rules in force: {}", rules.join("; "));
+                log::info!("NAT rules in force ({}): {}", nat.name(), rules.join("; "));
             }
             rules
         } else {
@@ -242,6 +260,7 @@ impl Routing {
             prefs,
             forwarding_enabled,
             nat_rules,
+            nat_backend: self.nat.as_ref().map(|b| b.name().to_string()),
             forwarding_path,
             exit_routing: exit_active,
         };
@@ -259,9 +278,9 @@ impl Routing {
         if let Err(e) = self.exit.clear().await {
             log::warn!("removing exit routing: {e:#}");
         }
-        if self.nft_installed {
-            if let Err(e) = nft::remove(&self.ifname) {
-                log::warn!("removing NAT rules: {e:#}");
+        if let (true, Some(nat)) = (self.nat_installed, &self.nat) {
+            if let Err(e) = nat.remove(&self.ifname) {
+                log::warn!("removing NAT rules ({}): {e:#}", nat.name());
             }
         }
     }
