@@ -1,7 +1,8 @@
 //! Subnet routers, 4via6 and exit nodes over real tunnels in network namespaces. Every test
 //! runs twice: with the XDP fast path (`::xdp`, whose counters must show that XDP forwarded)
 //! and with the fallback path (`::kernel`: `--no-xdp`, kernel forwarding + nftables
-//! masquerade, 4via6 in userspace). Needs root; every namespace, link, rule and process is
+//! masquerade, 4via6 in userspace; one test without `nft`, masquerading with iptables). Needs
+//! root; every namespace, link, rule and process is
 //! removed on drop.
 //!
 //! On the XDP path the LAN hosts send full transport checksums (`ethtool -K eth1 tx off`), so
@@ -262,10 +263,15 @@ fn router_lab(path: Path, snat: bool) -> Result<Lab> {
 
 /// [`router_lab`] with the LAN host's checksum behaviour chosen.
 fn router_lab_with(path: Path, snat: bool, checksums: Checksums) -> Result<Lab> {
+    router_lab_running(path.router(), path, snat, checksums)
+}
+
+/// [`router_lab_with`] with the router started as `router` (a daemon on `path`).
+fn router_lab_running(router: Kind, path: Path, snat: bool, checksums: Checksums) -> Result<Lab> {
     let mut lab = Lab::new()?;
     let (kc, kr) = (Keypair::generate()?, Keypair::generate()?);
     lab.start_with(
-        path.router(),
+        router,
         2,
         kr.clone(),
         &[peer_with(&kc, 1, false, "")],
@@ -326,6 +332,96 @@ fn partial_checksum_replies_take_the_kernel_return_path() {
     assert_eq!(tcp, "lan 192.168.50.1");
     assert_eq!(udp, "lan 192.168.50.1");
     assert_returned(&lab.nodes[0], Path::Xdp, true, false);
+}
+
+/// A directory holding the iptables programs (the legacy ones, as on Synology DSM), `ip` and
+/// `ping` but no `nft`, and a script starting tailgate with only that directory on `PATH`.
+fn path_without_nft() -> Result<(lab::control::TempDir, std::path::PathBuf)> {
+    let dir = lab::control::TempDir::new("nonft")?;
+    let links = [
+        ("iptables", "iptables-legacy"),
+        ("iptables-restore", "iptables-legacy-restore"),
+        ("ip6tables", "ip6tables-legacy"),
+        ("ip6tables-restore", "ip6tables-legacy-restore"),
+        ("ip", "ip"),
+        ("ping", "ping"),
+    ];
+    for (name, target) in links {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(target))
+            .find(|p| p.exists())
+            .with_context(|| format!("{target} is not installed"))?;
+        std::os::unix::fs::symlink(found, dir.0.join(name))?;
+    }
+    let script = dir.0.join("tailgate-without-nft");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nPATH={} exec {TAILGATE} \"$@\"\n",
+            dir.0.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok((dir, script))
+}
+
+/// Where `nft` is missing (Synology DSM), the router masquerades with iptables: the LAN host
+/// sees the router's LAN address, status names the backend, and the chain is gone once the
+/// daemon stops.
+#[test]
+fn snat_with_iptables_when_nft_is_missing() {
+    require_root();
+    let (_dir, script) = path_without_nft().expect("PATH without nft");
+    let router = Kind::Tailgate {
+        bin: script,
+        args: vec!["--no-xdp".into()],
+    };
+    let mut lab = router_lab_running(router, Path::Kernel, true, Checksums::Partial).expect("lab");
+    let client = &lab.nodes[1].host.ns;
+    ping(client, "192.168.50.5").unwrap_or_else(|e| panic!("{e:#}\n{}", lab.nodes[0].log()));
+    let server = whoami_server(&lab.lan_hosts[0], "lan", 7004).unwrap();
+    let (tcp, udp) = ask_whoami(client, "192.168.50.5:7004".parse().unwrap()).unwrap();
+    server.join().unwrap().unwrap();
+    assert_eq!(tcp, "lan 192.168.50.1", "TCP source seen on the LAN");
+    assert_eq!(udp, "lan 192.168.50.1", "UDP source seen on the LAN");
+    let st = status_json(&lab.nodes[0]);
+    assert_eq!(st["routing"]["nat_backend"], "iptables", "{st:#}");
+    let rules = st["routing"]["nat_rules"].to_string();
+    assert!(
+        rules.contains("iptables -t nat -A TAILGATE-") && rules.contains("ip6tables -t nat"),
+        "{st:#}"
+    );
+    let text = lab.nodes[0].tailgate_status(false).unwrap();
+    assert!(
+        text.contains("kernel forwarding + iptables masquerade"),
+        "{text}"
+    );
+    let router_ns = lab.nodes[0].host.ns.name().to_string();
+    let chains = |tool: &str| {
+        lab::run(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &router_ns, tool])
+                .args(["-t", "nat", "-S"]),
+        )
+        .unwrap()
+    };
+    let chain = format!("-A POSTROUTING -j TAILGATE-{}", lab.nodes[0].ifname);
+    assert!(
+        chains("iptables-legacy").contains(&chain),
+        "{}",
+        chains("iptables-legacy")
+    );
+    assert!(chains("ip6tables-legacy").contains(&chain));
+    assert!(
+        lab.nodes[0].stop().unwrap(),
+        "router did not exit cleanly:\n{}",
+        lab.nodes[0].log()
+    );
+    for tool in ["iptables-legacy", "ip6tables-legacy"] {
+        let left = chains(tool);
+        assert!(!left.contains("TAILGATE-"), "{tool} after stop: {left}");
+    }
 }
 
 on_both_paths!(subnet_router_snat_off_keeps_tailnet_source);
