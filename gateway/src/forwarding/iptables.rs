@@ -3,10 +3,11 @@
 //! (`TAILGATE-<ifname>`, jumped to from `POSTROUTING`), replaced with `iptables-restore
 //! --noflush` and deleted on shutdown. IPv6 rules go through `ip6tables` when it exists.
 //! iptables cannot negate a set of addresses, so the destinations exit traffic must not NAT
-//! (the advertised routes) get `RETURN` rules ahead of the masquerade.
+//! (the advertised routes) get `RETURN` rules ahead of the masquerade. A daemon that is not
+//! root and cannot open iptables' lock file gives iptables one of its own.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, Context, Result};
@@ -99,6 +100,36 @@ pub struct Family {
     pub restore: Option<PathBuf>,
 }
 
+/// iptables' lock file (legacy iptables takes it for every change).
+const XTABLES_LOCK: &str = "/run/xtables.lock";
+
+/// A lock file of our own when this process cannot open iptables' (a non-root daemon with
+/// file capabilities: the lock is root's, mode 0600), passed as `XTABLES_LOCKFILE`;
+/// otherwise iptables would refuse with "can't open lock file".
+fn private_lock() -> Option<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::env::var_os("XTABLES_LOCKFILE").is_some() {
+        return None;
+    }
+    // Opened as iptables opens it: read-only, created if missing.
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CREAT)
+        .mode(0o600)
+        .open(XTABLES_LOCK)
+        .is_ok();
+    (!usable).then(|| std::env::temp_dir().join("tailgate-xtables.lock"))
+}
+
+/// `program` with iptables' lock file set up (see [`private_lock`]).
+fn command(program: &Path) -> Command {
+    let mut c = Command::new(program);
+    if let Some(lock) = private_lock() {
+        c.env("XTABLES_LOCKFILE", lock);
+    }
+    c
+}
+
 impl Family {
     fn name(&self) -> String {
         self.tool
@@ -109,7 +140,7 @@ impl Family {
 
     /// Runs `<tool> -t nat ARGS`.
     fn nat(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new(&self.tool)
+        let out = command(&self.tool)
             .args(["-w", "-t", "nat"])
             .args(args)
             .stdin(Stdio::null())
@@ -152,7 +183,7 @@ impl Family {
             }
             return Ok(());
         };
-        let mut child = Command::new(restore)
+        let mut child = command(restore)
             .args(["-w", "--noflush"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
