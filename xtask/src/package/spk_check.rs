@@ -603,6 +603,96 @@ where
     println!(
         "xtask: spk kernel TUN mode: configure-host, then the package user's daemon made tailgate0"
     );
+    subnet_router_without_nft(ns, dsm, ok)
+}
+
+/// The package user's daemon as a subnet router where, as on DSM, `PATH` has iptables (the
+/// legacy one) but no `nft`: it advertises the route, masquerades with iptables (which gets
+/// the binary's capabilities as ambient ones), stays up, and removes its chain at stop.
+fn subnet_router_without_nft<F>(ns: &Netns, dsm: &Dsm, ok: &F) -> Result<()>
+where
+    F: Fn(&str, &str, &[(&str, &str)]) -> Result<()>,
+{
+    const ROUTE: &str = "192.168.77.0/24";
+    let tools = dsm.root.join("no-nft-bin");
+    util::mkdir(&tools)?;
+    for (name, target) in [
+        ("iptables", "iptables-legacy"),
+        ("iptables-restore", "iptables-legacy-restore"),
+        ("ip6tables", "ip6tables-legacy"),
+        ("ip6tables-restore", "ip6tables-legacy-restore"),
+    ] {
+        std::os::unix::fs::symlink(Path::new("/usr/sbin").join(target), tools.join(name))?;
+    }
+    // /usr/bin and /bin hold no nft (it is in /usr/sbin).
+    let path = format!("{}:/usr/bin:/bin", tools.display());
+    let config_file = dsm.var.join("tailgate.toml");
+    let config = fs::read_to_string(&config_file)?;
+    let routed = config.replacen(
+        "[interface]\n",
+        &format!("[interface]\nadvertise_routes = [\"{ROUTE}\"]\n"),
+        1,
+    );
+    ensure!(
+        routed != config,
+        "no [interface] table in the package config"
+    );
+    fs::write(&config_file, &routed)?;
+    let chains = || {
+        stdout_of(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.0,
+            "iptables-legacy",
+            "-w",
+            "-t",
+            "nat",
+            "-S",
+        ]))
+    };
+    let checked = (|| -> Result<()> {
+        ok("start-stop-status start", "", &[("PATH", &path)])?;
+        let bin = dsm.target.join("bin/tailgate");
+        let status = node_status(&bin, dsm)?;
+        let log = || fs::read_to_string(dsm.var.join("tailgate.log")).unwrap_or_default();
+        ensure!(
+            status["routing"]["advertised"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|r| r == ROUTE)),
+            "{ROUTE} not advertised: {status}\n{}",
+            log()
+        );
+        ensure!(
+            status["routing"]["nat_backend"] == "iptables",
+            "not masquerading with iptables: {status}"
+        );
+        ensure!(
+            chains()?.contains("-A POSTROUTING -j TAILGATE-tailgate0"),
+            "no iptables chain: {}",
+            chains()?
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = fs::read_to_string(dsm.var.join("tailgate.pid"))?;
+        ensure!(
+            Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "the routing daemon did not stay up:\n{}",
+            log()
+        );
+        ok("start-stop-status stop", "", &[])?;
+        ensure!(
+            !chains()?.contains("TAILGATE-"),
+            "iptables chain left behind after stop: {}",
+            chains()?
+        );
+        Ok(())
+    })();
+    fs::write(&config_file, &config)?;
+    util::remove_tree(&tools)?;
+    checked?;
+    println!(
+        "xtask: spk subnet router without nft: {ROUTE} advertised, masqueraded with iptables as \
+         the package user, chain removed at stop"
+    );
     Ok(())
 }
 
