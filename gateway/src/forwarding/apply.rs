@@ -109,8 +109,11 @@ pub struct Routing {
     status: RoutingStatus,
     /// The NAT backend, chosen when a rule is first needed.
     nat: Option<NatBackend>,
-    /// Whether rules of ours are installed.
+    /// Whether rules of ours are installed (or, until the first router apply, may be left
+    /// over from a daemon that was killed).
     nat_installed: bool,
+    /// Whether the first apply as a router has looked for rules left over.
+    leftovers_checked: bool,
     fast: FastPath,
     /// Userspace networking: no kernel forwarding, NAT or policy routing to drive.
     userspace: bool,
@@ -132,6 +135,7 @@ impl Routing {
             status: RoutingStatus::default(),
             nat: None,
             nat_installed: false,
+            leftovers_checked: false,
             fast,
             userspace: false,
         }
@@ -210,6 +214,15 @@ impl Routing {
             for c in changed {
                 log::info!("enabled IP forwarding: {c}");
                 forwarding_enabled.push(c);
+            }
+        }
+        // A router killed before its teardown leaves its rules: the first apply as a router
+        // replaces or removes them, whenever there is a NAT program to do it with.
+        if prefs.is_router() && !self.leftovers_checked {
+            self.leftovers_checked = true;
+            if let Ok(nat) = NatBackend::detect() {
+                self.nat = Some(nat);
+                self.nat_installed = true;
             }
         }
         // No NAT program runs unless a rule is needed or ours are to be removed: a subnet
