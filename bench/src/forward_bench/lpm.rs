@@ -32,7 +32,9 @@ use tailgate::xdp::{
     XdpForward,
 };
 
-use super::stage::{join_bounded, tun_setup, udp4, StageLab, CLIENT4, HOST, ROUTER_LAN, TUN_NAME};
+use super::stage::{
+    ifindex, join_bounded, tun_setup, udp4, StageLab, CLIENT4, HOST, ROUTER_LAN, TUN_NAME,
+};
 use super::{one_line, Durations, SplitMix64};
 
 /// Seed of the prefix and address generator.
@@ -326,16 +328,6 @@ fn userspace(prefixes: &[Ipv4Net], d: &Durations) -> Result<UserspaceLpm> {
         updates,
         update,
     })
-}
-
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| anyhow!("bad interface name {name:?}"))?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        bail!("no interface {name}: {}", std::io::Error::last_os_error());
-    }
-    Ok(idx)
 }
 
 fn bpf(prefixes: Vec<Ipv4Net>, d: &Durations) -> Result<BpfLpm> {

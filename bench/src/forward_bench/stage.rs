@@ -674,12 +674,12 @@ fn lan_socket(fwd: &mut XdpForward) -> Result<XdpSocket> {
 }
 
 /// The index of interface `name` in the calling thread's namespace.
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
+pub(super) fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| anyhow!("bad interface name {name:?}"))?;
     // SAFETY: `c` is NUL-terminated; if_nametoindex only reads it.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if index == 0 {
-        bail!("{name}: {}", std::io::Error::last_os_error());
+        bail!("no interface {name}: {}", std::io::Error::last_os_error());
     }
     Ok(index)
 }
