@@ -8,9 +8,11 @@
 
 mod counters;
 pub mod forward;
+pub mod port_config;
 pub mod stun;
 pub mod wan;
 
 pub use forward::{LanCounter, TunCounter};
+pub use port_config::PortConfig;
 pub use stun::{StunConfig, StunCounter};
 pub use wan::{classify_wg_payload, WanConfig, WanCounter};

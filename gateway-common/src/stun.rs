@@ -7,6 +7,7 @@
 //! everything else is passed to the kernel (the userspace STUN server answers or counts it).
 
 use crate::counters::counter_enum;
+use crate::port_config::PortConfig;
 
 /// Name of the XDP program in the eBPF object.
 pub const STUN_RESPONDER_PROGRAM: &str = "stun_responder";
@@ -32,45 +33,9 @@ pub const STUN_ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 /// Attribute type FINGERPRINT.
 pub const STUN_ATTR_FINGERPRINT: u16 = 0x8028;
 
-/// Configuration of `stun_responder`, entry 0 of the `STUN_CONFIG` array map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StunConfig {
-    /// UDP port of the STUN server, network byte order.
-    pub port: [u8; 2],
-    /// `STUN_FLAG_*` bits, network byte order.
-    pub flags: [u8; 2],
-}
-
-impl StunConfig {
-    /// A configuration for `port` with `flags`.
-    pub const fn new(port: u16, flags: u16) -> Self {
-        Self {
-            port: port.to_be_bytes(),
-            flags: flags.to_be_bytes(),
-        }
-    }
-
-    /// The STUN port.
-    pub const fn port(&self) -> u16 {
-        u16::from_be_bytes(self.port)
-    }
-
-    /// The flag bits.
-    pub const fn flags(&self) -> u16 {
-        u16::from_be_bytes(self.flags)
-    }
-
-    /// Whether `flag` is set.
-    pub const fn has_flag(&self, flag: u16) -> bool {
-        self.flags() & flag != 0
-    }
-}
-
-#[cfg(feature = "user")]
-// SAFETY: `StunConfig` is `#[repr(C)]`, `Copy`, made only of `u8` arrays (no padding, no
-// pointers), and every bit pattern is a valid value.
-unsafe impl aya::Pod for StunConfig {}
+/// Configuration of `stun_responder`, entry 0 of the `STUN_CONFIG` array map: the UDP port of
+/// the STUN server and `STUN_FLAG_*` bits.
+pub type StunConfig = PortConfig;
 
 counter_enum! {
     /// Index into the `STUN_COUNTERS` per-CPU array: what `stun_responder` did with a packet.

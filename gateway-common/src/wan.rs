@@ -6,6 +6,7 @@
 //! are dropped. Everything else is passed to the kernel untouched.
 
 use crate::counters::counter_enum;
+use crate::port_config::PortConfig;
 
 /// Name of the XDP program in the eBPF object.
 pub const WAN_INGRESS_PROGRAM: &str = "wan_ingress";
@@ -30,41 +31,9 @@ pub const WG_COOKIE_REPLY_LEN: u32 = 64;
 /// Smallest transport data message: 16-byte header + 16-byte Poly1305 tag (a keepalive).
 pub const WG_DATA_MIN_LEN: u32 = 32;
 
-/// Configuration of `wan_ingress`, entry 0 of the `CONFIG` array map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WanConfig {
-    /// UDP listen port of the tunnel, network byte order.
-    pub listen_port: [u8; 2],
-    /// `WAN_FLAG_*` bits, network byte order.
-    pub flags: [u8; 2],
-}
-
-impl WanConfig {
-    pub const fn new(listen_port: u16, flags: u16) -> Self {
-        Self {
-            listen_port: listen_port.to_be_bytes(),
-            flags: flags.to_be_bytes(),
-        }
-    }
-
-    pub const fn listen_port(&self) -> u16 {
-        u16::from_be_bytes(self.listen_port)
-    }
-
-    pub const fn flags(&self) -> u16 {
-        u16::from_be_bytes(self.flags)
-    }
-
-    pub const fn has_flag(&self, flag: u16) -> bool {
-        self.flags() & flag != 0
-    }
-}
-
-#[cfg(feature = "user")]
-// SAFETY: `WanConfig` is `#[repr(C)]`, `Copy`, made only of `u8` arrays (no padding, no
-// pointers), and every bit pattern is a valid value.
-unsafe impl aya::Pod for WanConfig {}
+/// Configuration of `wan_ingress`, entry 0 of the `CONFIG` array map: the tunnel's UDP listen
+/// port and `WAN_FLAG_*` bits.
+pub type WanConfig = PortConfig;
 
 counter_enum! {
     /// Index into the `WAN_COUNTERS` per-CPU array: why `wan_ingress` passed or dropped a packet.
@@ -202,9 +171,9 @@ mod tests {
     #[test]
     fn config_is_network_order() {
         let c = WanConfig::new(51820, WAN_FLAG_ENABLED | WAN_FLAG_STRICT_DATA_PADDING);
-        assert_eq!(c.listen_port, [0xca, 0x6c]);
+        assert_eq!(c.port, [0xca, 0x6c]);
         assert_eq!(c.flags, [0, 3]);
-        assert_eq!(c.listen_port(), 51820);
+        assert_eq!(c.port(), 51820);
         assert!(c.has_flag(WAN_FLAG_ENABLED));
         assert_eq!(core::mem::size_of::<WanConfig>(), 4);
     }

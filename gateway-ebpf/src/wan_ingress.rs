@@ -161,7 +161,7 @@ fn classify_udp(ctx: &XdpContext, cfg: &WanConfig, off: usize, first_fragment: b
     };
     // SAFETY: bounds checked by `ptr_at`; `UdpHdr` has alignment 1.
     let (dst_port, udp_len) = unsafe { ((*udp).dst_port, (*udp).len) };
-    if dst_port != cfg.listen_port {
+    if dst_port != cfg.port {
         return WanCounter::OtherPassed;
     }
     let udp_len = u16::from_be_bytes(udp_len) as usize;

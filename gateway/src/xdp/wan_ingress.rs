@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn config_flags() {
         let c = config_value(51820, WanIngressOptions::default());
-        assert_eq!(c.listen_port(), 51820);
+        assert_eq!(c.port(), 51820);
         assert!(c.has_flag(WAN_FLAG_ENABLED));
         assert!(!c.has_flag(WAN_FLAG_STRICT_DATA_PADDING));
         let c = config_value(
