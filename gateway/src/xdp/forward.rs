@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap};
-use aya::programs::{ProgramError, Xdp, XdpFlags};
+use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::forward::{
     AdvV4, AdvVia, CtOrigKey, CtOrigVal, CtReplyKey, CtReplyVal, CtState, FwdConfig, FwdEgress,
@@ -50,8 +50,9 @@ use gateway_common::{LanCounter, TunCounter};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::loader::{attach_xdp, load_program, program_fd, program_mut, take_map};
 use super::{
-    chain, check_capabilities, ebpf_object, prog_test_run_xdp, raise_memlock_rlimit_if_needed,
+    check_capabilities, ebpf_object, prog_test_run_xdp, raise_memlock_rlimit_if_needed,
     AttachPreference, ForwardCounters, TestRun, XdpError,
 };
 use crate::afxdp::XdpSocket;
@@ -150,10 +151,6 @@ pub enum ForwardError {
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ForwardError {
     move |source| ForwardError::Xdp(XdpError::Map { name, source })
-}
-
-fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> ForwardError {
-    move |source| ForwardError::Xdp(XdpError::Program { name, source })
 }
 
 /// Which program [`XdpForward::test_run`] runs.
@@ -403,16 +400,6 @@ fn interface_mtu(ifname: &str) -> Result<u32, ForwardError> {
     Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ForwardError>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or(XdpError::MissingObject { kind: "map", name })?;
-    T::try_from(map).map_err(map_err(name))
-}
-
 fn take_xsk_map(ebpf: &mut Ebpf) -> Result<aya::maps::Map, ForwardError> {
     let map = ebpf.take_map(LAN_XSK_MAP).ok_or(XdpError::MissingObject {
         kind: "map",
@@ -459,14 +446,6 @@ fn map_delete_u32(map: BorrowedFd<'_>, key: u32) -> std::io::Result<()> {
         return Ok(());
     }
     Err(e)
-}
-
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, ForwardError> {
-    let program = ebpf.program_mut(name).ok_or(XdpError::MissingObject {
-        kind: "XDP program",
-        name,
-    })?;
-    program.try_into().map_err(prog_err(name))
 }
 
 /// The config entry for `opts` (`tun_mtu` resolved).
@@ -606,20 +585,18 @@ impl XdpForward {
             .load(object)
             .map_err(XdpError::Object)?;
         let maps = Maps {
-            config: take(&mut ebpf, FWD_CONFIG_MAP)?,
-            egress: take(&mut ebpf, FWD_EGRESS_MAP)?,
-            adv_v4: take(&mut ebpf, FWD_ADV_V4_MAP)?,
-            adv_via: take(&mut ebpf, FWD_ADV_VIA_MAP)?,
-            ct_orig: take(&mut ebpf, FWD_CT_ORIG_MAP)?,
-            ct_reply: take(&mut ebpf, FWD_CT_REPLY_MAP)?,
-            tun_counters: take(&mut ebpf, TUN_COUNTERS_MAP)?,
-            lan_counters: take(&mut ebpf, LAN_COUNTERS_MAP)?,
+            config: take_map(&mut ebpf, FWD_CONFIG_MAP)?,
+            egress: take_map(&mut ebpf, FWD_EGRESS_MAP)?,
+            adv_v4: take_map(&mut ebpf, FWD_ADV_V4_MAP)?,
+            adv_via: take_map(&mut ebpf, FWD_ADV_VIA_MAP)?,
+            ct_orig: take_map(&mut ebpf, FWD_CT_ORIG_MAP)?,
+            ct_reply: take_map(&mut ebpf, FWD_CT_REPLY_MAP)?,
+            tun_counters: take_map(&mut ebpf, TUN_COUNTERS_MAP)?,
+            lan_counters: take_map(&mut ebpf, LAN_COUNTERS_MAP)?,
             xsks: take_xsk_map(&mut ebpf)?,
         };
         for name in [TUN_FORWARD_PROGRAM, LAN_RETURN_PROGRAM] {
-            program_mut(&mut ebpf, name)?
-                .load()
-                .map_err(prog_err(name))?;
+            load_program(&mut ebpf, name)?;
         }
         let seed = opts.seed.unwrap_or_else(random_seed);
         let tun_mtu = opts.tun_mtu.unwrap_or(1280);
@@ -679,35 +656,9 @@ impl XdpForward {
         mode: AttachPreference,
     ) -> Result<&'static str, ForwardError> {
         let program = program_mut(&mut self.ebpf, name)?;
-        let attempts: &[(XdpFlags, &'static str)] = match mode {
-            AttachPreference::Auto => &[
-                (XdpFlags::DRV_MODE, "native"),
-                (XdpFlags::SKB_MODE, "generic"),
-            ],
-            AttachPreference::Native => &[(XdpFlags::DRV_MODE, "native")],
-            AttachPreference::Generic => &[(XdpFlags::SKB_MODE, "generic")],
-        };
-        let mut errors = Vec::new();
-        for &(flags, mode_name) in attempts {
-            match program.attach(ifname, flags) {
-                Ok(_) => {
-                    log::info!("XDP {name} attached to {ifname} ({mode_name} mode)");
-                    return Ok(mode_name);
-                }
-                Err(ProgramError::UnknownInterface { .. }) => {
-                    return Err(XdpError::UnknownInterface(ifname.to_string()).into());
-                }
-                Err(e) => {
-                    log::debug!("XDP {name} {mode_name} attach on {ifname} failed: {e:?}");
-                    errors.push(format!("{mode_name} mode: {}", chain(&e)));
-                }
-            }
-        }
-        Err(XdpError::Attach {
-            ifname: ifname.to_string(),
-            errors,
-        }
-        .into())
+        let mode = attach_xdp(program, name, ifname, mode)?;
+        log::info!("XDP {name} attached to {ifname} ({mode} mode)");
+        Ok(mode)
     }
 
     /// Attaches `tun_forward` to the TUN device (generic mode). With `tun_mtu: None` the
@@ -1219,22 +1170,13 @@ impl XdpForward {
         repeat: u32,
     ) -> Result<TestRun, ForwardError> {
         let name = program.name();
-        let p: &Xdp = self
-            .ebpf
-            .program(name)
-            .ok_or(XdpError::MissingObject {
-                kind: "XDP program",
-                name,
-            })?
-            .try_into()
-            .map_err(prog_err(name))?;
-        let fd = p.fd().map_err(prog_err(name))?;
-        prog_test_run_xdp(fd.as_fd().as_raw_fd(), packet, ingress_ifindex, repeat).map_err(
-            |source| ForwardError::Io {
+        let fd = program_fd(&self.ebpf, name)?;
+        prog_test_run_xdp(fd.as_raw_fd(), packet, ingress_ifindex, repeat).map_err(|source| {
+            ForwardError::Io {
                 what: format!("BPF_PROG_TEST_RUN of {name}"),
                 source,
-            },
-        )
+            }
+        })
     }
 }
 

@@ -14,6 +14,7 @@
 mod counters;
 mod forward;
 mod forward_counters;
+mod loader;
 pub mod stun;
 mod test_run;
 mod wan_ingress;

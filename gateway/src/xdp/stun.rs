@@ -2,10 +2,9 @@
 //! with `XDP_TX` (see `gateway-common/src/stun.rs` for what it answers and what it passes to
 //! the userspace server).
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::stun::{
     STUN_CONFIG_MAP, STUN_COUNTERS_MAP, STUN_FLAG_ENABLED, STUN_RESPONDER_PROGRAM,
@@ -13,6 +12,7 @@ use gateway_common::stun::{
 use gateway_common::{StunConfig, StunCounter};
 use serde::Serialize;
 
+use super::loader::{attach_xdp, load_program, map_err, program_fd, program_mut, take_map};
 use super::{
     check_capabilities, ebpf_object, prog_test_run_xdp, raise_memlock_rlimit_if_needed,
     AttachPreference, TestRun, XdpError,
@@ -113,22 +113,6 @@ impl std::fmt::Debug for XdpStunResponder {
     }
 }
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
-    move |source| XdpError::Map { name, source }
-}
-
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    let missing = XdpError::MissingObject {
-        kind: "XDP program",
-        name: STUN_RESPONDER_PROGRAM,
-    };
-    let program = ebpf.program_mut(STUN_RESPONDER_PROGRAM).ok_or(missing)?;
-    program.try_into().map_err(|source| XdpError::Program {
-        name: STUN_RESPONDER_PROGRAM,
-        source,
-    })
-}
-
 impl XdpStunResponder {
     /// Loads the program (verifier included) and configures it to answer on UDP `port`,
     /// without attaching it anywhere: [`XdpStunResponder::test_run`] works, no traffic is
@@ -143,27 +127,9 @@ impl XdpStunResponder {
         check_capabilities()?;
         raise_memlock_rlimit_if_needed();
         let mut ebpf = EbpfLoader::new().load(object).map_err(XdpError::Object)?;
-        let config = ebpf
-            .take_map(STUN_CONFIG_MAP)
-            .ok_or(XdpError::MissingObject {
-                kind: "map",
-                name: STUN_CONFIG_MAP,
-            })?;
-        let mut config: Array<MapData, StunConfig> =
-            Array::try_from(config).map_err(map_err(STUN_CONFIG_MAP))?;
-        let counters = ebpf
-            .take_map(STUN_COUNTERS_MAP)
-            .ok_or(XdpError::MissingObject {
-                kind: "map",
-                name: STUN_COUNTERS_MAP,
-            })?;
-        let counters = PerCpuArray::try_from(counters).map_err(map_err(STUN_COUNTERS_MAP))?;
-        program_mut(&mut ebpf)?
-            .load()
-            .map_err(|source| XdpError::Program {
-                name: STUN_RESPONDER_PROGRAM,
-                source,
-            })?;
+        let mut config: Array<MapData, StunConfig> = take_map(&mut ebpf, STUN_CONFIG_MAP)?;
+        let counters = take_map(&mut ebpf, STUN_COUNTERS_MAP)?;
+        load_program(&mut ebpf, STUN_RESPONDER_PROGRAM)?;
         config
             .set(0, StunConfig::new(port, STUN_FLAG_ENABLED), 0)
             .map_err(map_err(STUN_CONFIG_MAP))?;
@@ -196,40 +162,14 @@ impl XdpStunResponder {
                 errors: vec![format!("already attached to {current}")],
             });
         }
-        let program = program_mut(&mut self.ebpf)?;
-        let attempts: &[(XdpFlags, &'static str)] = match mode {
-            AttachPreference::Auto => &[
-                (XdpFlags::DRV_MODE, "native"),
-                (XdpFlags::SKB_MODE, "generic"),
-            ],
-            AttachPreference::Native => &[(XdpFlags::DRV_MODE, "native")],
-            AttachPreference::Generic => &[(XdpFlags::SKB_MODE, "generic")],
-        };
-        let mut errors = Vec::new();
-        for &(flags, name) in attempts {
-            match program.attach(ifname, flags) {
-                Ok(_link_id) => {
-                    log::info!(
-                        "XDP {STUN_RESPONDER_PROGRAM} attached to {ifname} ({name} mode), \
-                         UDP port {}",
-                        self.port
-                    );
-                    self.attached = Some((ifname.to_string(), name));
-                    return Ok(());
-                }
-                Err(ProgramError::UnknownInterface { .. }) => {
-                    return Err(XdpError::UnknownInterface(ifname.to_string()));
-                }
-                Err(e) => {
-                    log::debug!("XDP {name} attach on {ifname} failed: {e:?}");
-                    errors.push(format!("{name} mode: {}", super::chain(&e)));
-                }
-            }
-        }
-        Err(XdpError::Attach {
-            ifname: ifname.to_string(),
-            errors,
-        })
+        let program = program_mut(&mut self.ebpf, STUN_RESPONDER_PROGRAM)?;
+        let mode = attach_xdp(program, STUN_RESPONDER_PROGRAM, ifname, mode)?;
+        log::info!(
+            "XDP {STUN_RESPONDER_PROGRAM} attached to {ifname} ({mode} mode), UDP port {}",
+            self.port
+        );
+        self.attached = Some((ifname.to_string(), mode));
+        Ok(())
     }
 
     /// `"native"` or `"generic"` once attached.
@@ -280,27 +220,10 @@ impl XdpStunResponder {
     /// Runs the program once on the Ethernet frame `packet` with `BPF_PROG_TEST_RUN` (counters
     /// count it too): the action and the frame as it would be transmitted or passed.
     pub fn test_run(&self, packet: &[u8]) -> Result<TestRun, XdpError> {
-        let p: &Xdp = self
-            .ebpf
-            .program(STUN_RESPONDER_PROGRAM)
-            .ok_or(XdpError::MissingObject {
-                kind: "XDP program",
-                name: STUN_RESPONDER_PROGRAM,
-            })?
-            .try_into()
-            .map_err(|source| XdpError::Program {
-                name: STUN_RESPONDER_PROGRAM,
-                source,
-            })?;
-        let fd = p.fd().map_err(|source| XdpError::Program {
+        let fd = program_fd(&self.ebpf, STUN_RESPONDER_PROGRAM)?;
+        prog_test_run_xdp(fd.as_raw_fd(), packet, 0, 1).map_err(|source| XdpError::TestRun {
             name: STUN_RESPONDER_PROGRAM,
             source,
-        })?;
-        prog_test_run_xdp(fd.as_fd().as_raw_fd(), packet, 0, 1).map_err(|source| {
-            XdpError::TestRun {
-                name: STUN_RESPONDER_PROGRAM,
-                source,
-            }
         })
     }
 }

@@ -1,7 +1,6 @@
 //! Loader for the `wan_ingress` XDP program.
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::wan::{
     WAN_CONFIG_MAP, WAN_COUNTERS_MAP, WAN_FLAG_ENABLED, WAN_FLAG_STRICT_DATA_PADDING,
@@ -9,6 +8,7 @@ use gateway_common::wan::{
 };
 use gateway_common::{WanConfig, WanCounter};
 
+use super::loader::{attach_xdp, load_program, map_err, program_mut, take_map};
 use super::{
     check_capabilities, ebpf_object, raise_memlock_rlimit_if_needed, AttachPreference, WanCounters,
     XdpError,
@@ -61,47 +61,13 @@ fn load() -> Result<Loaded, XdpError> {
     raise_memlock_rlimit_if_needed();
 
     let mut ebpf = EbpfLoader::new().load(object).map_err(XdpError::Object)?;
-    let config = ebpf
-        .take_map(WAN_CONFIG_MAP)
-        .ok_or(XdpError::MissingObject {
-            kind: "map",
-            name: WAN_CONFIG_MAP,
-        })?;
-    let config = Array::try_from(config).map_err(|source| XdpError::Map {
-        name: WAN_CONFIG_MAP,
-        source,
-    })?;
-    let counters = ebpf
-        .take_map(WAN_COUNTERS_MAP)
-        .ok_or(XdpError::MissingObject {
-            kind: "map",
-            name: WAN_COUNTERS_MAP,
-        })?;
-    let counters = PerCpuArray::try_from(counters).map_err(|source| XdpError::Map {
-        name: WAN_COUNTERS_MAP,
-        source,
-    })?;
-    let program = program_mut(&mut ebpf)?;
-    program.load().map_err(|source| XdpError::Program {
-        name: WAN_INGRESS_PROGRAM,
-        source,
-    })?;
+    let config = take_map(&mut ebpf, WAN_CONFIG_MAP)?;
+    let counters = take_map(&mut ebpf, WAN_COUNTERS_MAP)?;
+    load_program(&mut ebpf, WAN_INGRESS_PROGRAM)?;
     Ok(Loaded {
         ebpf,
         config,
         counters,
-    })
-}
-
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    let missing = XdpError::MissingObject {
-        kind: "XDP program",
-        name: WAN_INGRESS_PROGRAM,
-    };
-    let program = ebpf.program_mut(WAN_INGRESS_PROGRAM).ok_or(missing)?;
-    program.try_into().map_err(|source| XdpError::Program {
-        name: WAN_INGRESS_PROGRAM,
-        source,
     })
 }
 
@@ -144,43 +110,10 @@ impl XdpWanIngress {
         // Configure before attaching so that no packet sees a half-configured program.
         config
             .set(0, config_value(listen_port, options), 0)
-            .map_err(|source| XdpError::Map {
-                name: WAN_CONFIG_MAP,
-                source,
-            })?;
+            .map_err(map_err(WAN_CONFIG_MAP))?;
 
-        let program = program_mut(&mut ebpf)?;
-        let attempts: &[(XdpFlags, &'static str)] = match mode {
-            AttachPreference::Auto => &[
-                (XdpFlags::DRV_MODE, "native"),
-                (XdpFlags::SKB_MODE, "generic"),
-            ],
-            AttachPreference::Native => &[(XdpFlags::DRV_MODE, "native")],
-            AttachPreference::Generic => &[(XdpFlags::SKB_MODE, "generic")],
-        };
-        let mut errors = Vec::new();
-        let mut active = None;
-        for &(flags, name) in attempts {
-            match program.attach(ifname, flags) {
-                Ok(_link_id) => {
-                    active = Some(name);
-                    break;
-                }
-                Err(ProgramError::UnknownInterface { .. }) => {
-                    return Err(XdpError::UnknownInterface(ifname.to_string()));
-                }
-                Err(e) => {
-                    log::debug!("XDP {name} attach on {ifname} failed: {e:?}");
-                    errors.push(format!("{name} mode: {}", super::chain(&e)));
-                }
-            }
-        }
-        let Some(mode) = active else {
-            return Err(XdpError::Attach {
-                ifname: ifname.to_string(),
-                errors,
-            });
-        };
+        let program = program_mut(&mut ebpf, WAN_INGRESS_PROGRAM)?;
+        let mode = attach_xdp(program, WAN_INGRESS_PROGRAM, ifname, mode)?;
         let program_id = program.info().ok().map(|info| info.id());
         log::info!("XDP wan_ingress attached to {ifname} ({mode} mode), listen port {listen_port}");
         Ok(Self {
@@ -227,10 +160,7 @@ impl XdpWanIngress {
     ) -> Result<(), XdpError> {
         self.config
             .set(0, config_value(listen_port, options), 0)
-            .map_err(|source| XdpError::Map {
-                name: WAN_CONFIG_MAP,
-                source,
-            })?;
+            .map_err(map_err(WAN_CONFIG_MAP))?;
         self.listen_port = listen_port;
         self.options = options;
         Ok(())
