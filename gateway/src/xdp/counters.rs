@@ -1,91 +1,114 @@
-//! Userspace view of the `wan_ingress` counters.
+//! Userspace view of the XDP programs' per-CPU counters: `counter_struct!`, which the
+//! counter structs of every program are made with, and the `wan_ingress` counters.
 
 use gateway_common::WanCounter;
-use serde::Serialize;
 
-/// Totals (summed over CPUs) of the `WAN_COUNTERS` map: packets seen by `wan_ingress` since it
-/// was attached, per verdict. Field names equal [`WanCounter::name`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct WanCounters {
-    /// Handshake initiations (type 1, 148 bytes) passed.
-    pub pass_wg_init: u64,
-    /// Handshake responses (type 2, 92 bytes) passed.
-    pub pass_wg_response: u64,
-    /// Cookie replies (type 3, 64 bytes) passed.
-    pub pass_wg_cookie: u64,
-    /// Transport data messages (type 4) passed.
-    pub pass_wg_data: u64,
-    /// First fragments of valid-looking datagrams to the listen port, passed for reassembly.
-    pub pass_fragment: u64,
-    /// Dropped: UDP payload shorter than 32 bytes.
-    pub drop_too_short: u64,
-    /// Dropped: message type not 1..=4.
-    pub drop_bad_type: u64,
-    /// Dropped: reserved bytes not zero.
-    pub drop_bad_reserved: u64,
-    /// Dropped: length does not match the message type.
-    pub drop_bad_length: u64,
-    /// Dropped: UDP length field inconsistent with the frame.
-    pub drop_malformed: u64,
-    /// Packets not addressed to the listen port, passed.
-    pub other_passed: u64,
-    /// Peer discovery messages passed.
-    pub pass_disco: u64,
-    /// STUN binding answers passed.
-    pub pass_stun: u64,
+/// Defines a counter struct whose fields are named like the counters (`name()`), with
+/// lookups by counter, per-CPU summing, reading from the program's per-CPU array, iteration in
+/// index order and deltas.
+macro_rules! counter_struct {
+    (
+        $(#[$meta:meta])*
+        $name:ident for $enum:ident {
+            $( $(#[$fmeta:meta])* $field:ident => $variant:ident, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: u64, )*
+        }
+
+        impl $name {
+            /// The value of one counter.
+            pub fn get(&self, counter: $enum) -> u64 {
+                match counter {
+                    $( $enum::$variant => self.$field, )*
+                }
+            }
+
+            fn slot_mut(&mut self, counter: $enum) -> &mut u64 {
+                match counter {
+                    $( $enum::$variant => &mut self.$field, )*
+                }
+            }
+
+            /// Adds per-CPU values of `counter` (wrapping, like the kernel-side counters).
+            pub(crate) fn add(&mut self, counter: $enum, values: impl IntoIterator<Item = u64>) {
+                let slot = self.slot_mut(counter);
+                for v in values {
+                    *slot = slot.wrapping_add(v);
+                }
+            }
+
+            /// Every counter of the per-CPU array `map` (named `map_name` in errors), summed over
+            /// CPUs.
+            pub(crate) fn read(
+                map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+                map_name: &'static str,
+            ) -> Result<$name, $crate::xdp::XdpError> {
+                let mut out = $name::default();
+                for c in $enum::ALL {
+                    let values = map
+                        .get(&c.index(), 0)
+                        .map_err($crate::xdp::loader::map_err(map_name))?;
+                    out.add(c, values.iter().copied());
+                }
+                Ok(out)
+            }
+
+            /// `(name, value)` for every counter, in map index order.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+                $enum::ALL.iter().map(|&c| (c.name(), self.get(c)))
+            }
+
+            /// Counter-wise difference `self - earlier` (wrapping), e.g. for rates.
+            pub fn delta(&self, earlier: &$name) -> $name {
+                let mut out = $name::default();
+                for c in $enum::ALL {
+                    *out.slot_mut(c) = self.get(c).wrapping_sub(earlier.get(c));
+                }
+                out
+            }
+        }
+    };
+}
+pub(crate) use counter_struct;
+
+counter_struct! {
+    /// Totals (summed over CPUs) of the `WAN_COUNTERS` map: packets seen by `wan_ingress` since it
+    /// was attached, per verdict. Field names equal [`WanCounter::name`].
+    WanCounters for WanCounter {
+        /// Handshake initiations (type 1, 148 bytes) passed.
+        pass_wg_init => PassWgInit,
+        /// Handshake responses (type 2, 92 bytes) passed.
+        pass_wg_response => PassWgResponse,
+        /// Cookie replies (type 3, 64 bytes) passed.
+        pass_wg_cookie => PassWgCookie,
+        /// Transport data messages (type 4) passed.
+        pass_wg_data => PassWgData,
+        /// First fragments of valid-looking datagrams to the listen port, passed for reassembly.
+        pass_fragment => PassFragment,
+        /// Dropped: UDP payload shorter than 32 bytes.
+        drop_too_short => DropTooShort,
+        /// Dropped: message type not 1..=4.
+        drop_bad_type => DropBadType,
+        /// Dropped: reserved bytes not zero.
+        drop_bad_reserved => DropBadReserved,
+        /// Dropped: length does not match the message type.
+        drop_bad_length => DropBadLength,
+        /// Dropped: UDP length field inconsistent with the frame.
+        drop_malformed => DropMalformed,
+        /// Packets not addressed to the listen port, passed.
+        other_passed => OtherPassed,
+        /// Peer discovery messages passed.
+        pass_disco => PassDisco,
+        /// STUN binding answers passed.
+        pass_stun => PassStun,
+    }
 }
 
 impl WanCounters {
-    /// The value of one counter.
-    pub fn get(&self, counter: WanCounter) -> u64 {
-        match counter {
-            WanCounter::PassWgInit => self.pass_wg_init,
-            WanCounter::PassWgResponse => self.pass_wg_response,
-            WanCounter::PassWgCookie => self.pass_wg_cookie,
-            WanCounter::PassWgData => self.pass_wg_data,
-            WanCounter::PassFragment => self.pass_fragment,
-            WanCounter::DropTooShort => self.drop_too_short,
-            WanCounter::DropBadType => self.drop_bad_type,
-            WanCounter::DropBadReserved => self.drop_bad_reserved,
-            WanCounter::DropBadLength => self.drop_bad_length,
-            WanCounter::DropMalformed => self.drop_malformed,
-            WanCounter::OtherPassed => self.other_passed,
-            WanCounter::PassDisco => self.pass_disco,
-            WanCounter::PassStun => self.pass_stun,
-        }
-    }
-
-    fn slot_mut(&mut self, counter: WanCounter) -> &mut u64 {
-        match counter {
-            WanCounter::PassWgInit => &mut self.pass_wg_init,
-            WanCounter::PassWgResponse => &mut self.pass_wg_response,
-            WanCounter::PassWgCookie => &mut self.pass_wg_cookie,
-            WanCounter::PassWgData => &mut self.pass_wg_data,
-            WanCounter::PassFragment => &mut self.pass_fragment,
-            WanCounter::DropTooShort => &mut self.drop_too_short,
-            WanCounter::DropBadType => &mut self.drop_bad_type,
-            WanCounter::DropBadReserved => &mut self.drop_bad_reserved,
-            WanCounter::DropBadLength => &mut self.drop_bad_length,
-            WanCounter::DropMalformed => &mut self.drop_malformed,
-            WanCounter::OtherPassed => &mut self.other_passed,
-            WanCounter::PassDisco => &mut self.pass_disco,
-            WanCounter::PassStun => &mut self.pass_stun,
-        }
-    }
-
-    /// Adds per-CPU values of `counter` (wrapping, like the kernel-side counters).
-    pub(crate) fn add(&mut self, counter: WanCounter, values: impl IntoIterator<Item = u64>) {
-        let slot = self.slot_mut(counter);
-        for v in values {
-            *slot = slot.wrapping_add(v);
-        }
-    }
-
-    /// `(name, value)` for every counter, in map index order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        WanCounter::ALL.iter().map(|&c| (c.name(), self.get(c)))
-    }
-
     /// Packets dropped, all reasons.
     pub fn dropped(&self) -> u64 {
         self.sum(|c| !c.is_pass())
@@ -101,15 +124,6 @@ impl WanCounters {
             .iter()
             .filter(|&&c| pred(c))
             .fold(0u64, |acc, &c| acc.wrapping_add(self.get(c)))
-    }
-
-    /// Counter-wise difference `self - earlier` (wrapping), e.g. for rates.
-    pub fn delta(&self, earlier: &WanCounters) -> WanCounters {
-        let mut out = WanCounters::default();
-        for c in WanCounter::ALL {
-            *out.slot_mut(c) = self.get(c).wrapping_sub(earlier.get(c));
-        }
-        out
     }
 }
 

@@ -46,14 +46,13 @@ use gateway_common::forward::{
     LAN_COUNTERS_MAP, LAN_RETURN_PROGRAM, LAN_XSK_MAP, LAN_XSK_MAX, PROTO_ICMP, PROTO_TCP,
     PROTO_UDP, TUN_COUNTERS_MAP, TUN_FORWARD_PROGRAM,
 };
-use gateway_common::{LanCounter, TunCounter};
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::loader::{attach_xdp, load_program, program_fd, program_mut, take_map};
 use super::{
     check_capabilities, ebpf_object, prog_test_run_xdp, raise_memlock_rlimit_if_needed,
-    AttachPreference, ForwardCounters, TestRun, XdpError,
+    AttachPreference, ForwardCounters, LanReturnCounters, TestRun, TunForwardCounters, XdpError,
 };
 use crate::afxdp::XdpSocket;
 use crate::nat::conntrack::Timeouts;
@@ -1015,24 +1014,10 @@ impl XdpForward {
 
     /// Current counters of both programs, summed over CPUs.
     pub fn counters(&self) -> Result<ForwardCounters, ForwardError> {
-        let mut out = ForwardCounters::default();
-        for c in TunCounter::ALL {
-            let v = self
-                .maps
-                .tun_counters
-                .get(&c.index(), 0)
-                .map_err(map_err(TUN_COUNTERS_MAP))?;
-            out.tun.add(c, v.iter().copied());
-        }
-        for c in LanCounter::ALL {
-            let v = self
-                .maps
-                .lan_counters
-                .get(&c.index(), 0)
-                .map_err(map_err(LAN_COUNTERS_MAP))?;
-            out.lan.add(c, v.iter().copied());
-        }
-        Ok(out)
+        Ok(ForwardCounters {
+            tun: TunForwardCounters::read(&self.maps.tun_counters, TUN_COUNTERS_MAP)?,
+            lan: LanReturnCounters::read(&self.maps.lan_counters, LAN_COUNTERS_MAP)?,
+        })
     }
 
     /// Removes connection entries that have idled out, and reply entries that lost their

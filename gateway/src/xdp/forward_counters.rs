@@ -3,59 +3,7 @@
 use gateway_common::{LanCounter, TunCounter};
 use serde::Serialize;
 
-/// Defines a counter struct whose fields are named like the counters (`name()`), with
-/// lookups by counter, per-CPU summing, iteration in index order and deltas.
-macro_rules! counter_struct {
-    (
-        $(#[$meta:meta])*
-        $name:ident for $enum:ident {
-            $( $(#[$fmeta:meta])* $field:ident => $variant:ident, )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-        pub struct $name {
-            $( $(#[$fmeta])* pub $field: u64, )*
-        }
-
-        impl $name {
-            /// The value of one counter.
-            pub fn get(&self, counter: $enum) -> u64 {
-                match counter {
-                    $( $enum::$variant => self.$field, )*
-                }
-            }
-
-            fn slot_mut(&mut self, counter: $enum) -> &mut u64 {
-                match counter {
-                    $( $enum::$variant => &mut self.$field, )*
-                }
-            }
-
-            /// Adds per-CPU values of `counter` (wrapping, like the kernel-side counters).
-            pub(crate) fn add(&mut self, counter: $enum, values: impl IntoIterator<Item = u64>) {
-                let slot = self.slot_mut(counter);
-                for v in values {
-                    *slot = slot.wrapping_add(v);
-                }
-            }
-
-            /// `(name, value)` for every counter, in map index order.
-            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-                $enum::ALL.iter().map(|&c| (c.name(), self.get(c)))
-            }
-
-            /// Counter-wise difference `self - earlier` (wrapping), e.g. for rates.
-            pub fn delta(&self, earlier: &$name) -> $name {
-                let mut out = $name::default();
-                for c in $enum::ALL {
-                    *out.slot_mut(c) = self.get(c).wrapping_sub(earlier.get(c));
-                }
-                out
-            }
-        }
-    };
-}
+use super::counters::counter_struct;
 
 counter_struct! {
     /// Totals (summed over CPUs) of `TUN_FWD_COUNTERS`: what `tun_forward` did with the packets

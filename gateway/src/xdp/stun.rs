@@ -10,68 +10,39 @@ use gateway_common::stun::{
     STUN_CONFIG_MAP, STUN_COUNTERS_MAP, STUN_FLAG_ENABLED, STUN_RESPONDER_PROGRAM,
 };
 use gateway_common::{StunConfig, StunCounter};
-use serde::Serialize;
 
+use super::counters::counter_struct;
 use super::loader::{attach_xdp, load_program, map_err, program_fd, program_mut, take_map};
 use super::{
     check_capabilities, ebpf_object, prog_test_run_xdp, raise_memlock_rlimit_if_needed,
     AttachPreference, TestRun, XdpError,
 };
 
-/// Totals (summed over CPUs) of the `STUN_COUNTERS` map. Field names equal
-/// [`StunCounter::name`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct XdpStunCounters {
-    /// Binding requests over IPv4 answered with `XDP_TX`.
-    pub answered_v4: u64,
-    /// Binding requests over IPv6 answered with `XDP_TX`.
-    pub answered_v6: u64,
-    /// To the port, not a well-formed binding request: passed to the userspace server.
-    pub passed_not_binding: u64,
-    /// Binding requests with attributes the program does not handle: passed.
-    pub passed_attributes: u64,
-    /// To the port with IPv4 options or fragmented: passed.
-    pub passed_unsupported: u64,
-    /// The frame could not be resized for the answer: passed.
-    pub passed_tail_error: u64,
-    /// Not for the port: passed.
-    pub passed_other: u64,
+counter_struct! {
+    /// Totals (summed over CPUs) of the `STUN_COUNTERS` map. Field names equal
+    /// [`StunCounter::name`].
+    XdpStunCounters for StunCounter {
+        /// Binding requests over IPv4 answered with `XDP_TX`.
+        answered_v4 => AnsweredV4,
+        /// Binding requests over IPv6 answered with `XDP_TX`.
+        answered_v6 => AnsweredV6,
+        /// To the port, not a well-formed binding request: passed to the userspace server.
+        passed_not_binding => PassedNotBinding,
+        /// Binding requests with attributes the program does not handle: passed.
+        passed_attributes => PassedAttributes,
+        /// To the port with IPv4 options or fragmented: passed.
+        passed_unsupported => PassedUnsupported,
+        /// The frame could not be resized for the answer: passed.
+        passed_tail_error => PassedTailError,
+        /// Not for the port: passed.
+        passed_other => PassedOther,
+    }
 }
 
 impl XdpStunCounters {
-    /// The value of one counter.
-    pub fn get(&self, counter: StunCounter) -> u64 {
-        match counter {
-            StunCounter::AnsweredV4 => self.answered_v4,
-            StunCounter::AnsweredV6 => self.answered_v6,
-            StunCounter::PassedNotBinding => self.passed_not_binding,
-            StunCounter::PassedAttributes => self.passed_attributes,
-            StunCounter::PassedUnsupported => self.passed_unsupported,
-            StunCounter::PassedTailError => self.passed_tail_error,
-            StunCounter::PassedOther => self.passed_other,
-        }
-    }
-
-    fn slot_mut(&mut self, counter: StunCounter) -> &mut u64 {
-        match counter {
-            StunCounter::AnsweredV4 => &mut self.answered_v4,
-            StunCounter::AnsweredV6 => &mut self.answered_v6,
-            StunCounter::PassedNotBinding => &mut self.passed_not_binding,
-            StunCounter::PassedAttributes => &mut self.passed_attributes,
-            StunCounter::PassedUnsupported => &mut self.passed_unsupported,
-            StunCounter::PassedTailError => &mut self.passed_tail_error,
-            StunCounter::PassedOther => &mut self.passed_other,
-        }
-    }
-
     /// Binding requests answered in XDP, both families.
     pub fn answered(&self) -> u64 {
         self.answered_v4 + self.answered_v6
-    }
-
-    /// `(name, value)` for every counter, in map index order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        StunCounter::ALL.iter().map(|&c| (c.name(), self.get(c)))
     }
 
     /// Prometheus family `tailgate_stun_xdp_packets_total{outcome}`.
@@ -203,18 +174,7 @@ impl XdpStunResponder {
 
     /// Current counters, summed over CPUs.
     pub fn counters(&self) -> Result<XdpStunCounters, XdpError> {
-        let mut out = XdpStunCounters::default();
-        for counter in StunCounter::ALL {
-            let values = self
-                .counters
-                .get(&counter.index(), 0)
-                .map_err(map_err(STUN_COUNTERS_MAP))?;
-            let slot = out.slot_mut(counter);
-            for v in values.iter() {
-                *slot = slot.wrapping_add(*v);
-            }
-        }
-        Ok(out)
+        XdpStunCounters::read(&self.counters, STUN_COUNTERS_MAP)
     }
 
     /// Runs the program once on the Ethernet frame `packet` with `BPF_PROG_TEST_RUN` (counters

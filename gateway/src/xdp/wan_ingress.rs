@@ -6,7 +6,7 @@ use gateway_common::wan::{
     WAN_CONFIG_MAP, WAN_COUNTERS_MAP, WAN_FLAG_ENABLED, WAN_FLAG_STRICT_DATA_PADDING,
     WAN_INGRESS_PROGRAM,
 };
-use gateway_common::{WanConfig, WanCounter};
+use gateway_common::WanConfig;
 
 use super::loader::{attach_xdp, load_program, map_err, program_mut, take_map};
 use super::{
@@ -168,18 +168,7 @@ impl XdpWanIngress {
 
     /// Current counters, summed over CPUs.
     pub fn counters(&self) -> Result<WanCounters, XdpError> {
-        let mut out = WanCounters::default();
-        for counter in WanCounter::ALL {
-            let values =
-                self.counters
-                    .get(&counter.index(), 0)
-                    .map_err(|source| XdpError::Map {
-                        name: WAN_COUNTERS_MAP,
-                        source,
-                    })?;
-            out.add(counter, values.iter().copied());
-        }
-        Ok(out)
+        WanCounters::read(&self.counters, WAN_COUNTERS_MAP)
     }
 }
 
