@@ -402,6 +402,14 @@ fn summary(s: &mut String, r: &Report) {
         pick(ReturnVariant::KernelConntrack),
         true,
     );
+    row(
+        "router stage, LAN → tunnel path, router on one core, kpps received (lan_return → AF_XDP socket vs conntrack → TUN)",
+        1e-3,
+        0,
+        pick(ReturnVariant::XdpNativeAfXdpOneCore),
+        pick(ReturnVariant::KernelConntrackOneCore),
+        true,
+    );
     let generic: Vec<String> = E2eTest::ALL
         .iter()
         .map(|&t| {
@@ -641,8 +649,13 @@ fn stage(s: &mut String, r: &Report) {
          the frames made, of which the veth drops those its ring has no room for. GRO is on \
          on the router's `lan0` in every row (a veth takes frames sent with XDP only while its \
          NAPI runs; GRO merges no forwarded UDP). One thread reads the TUN. The generator is \
-         pinned to CPU 0 and the reader to CPU 1, as the NIC's interrupts and the daemon would \
-         be apart on a larger router. The kernel path \
+         pinned to CPU 0 and the reader to CPU 1. In the first four rows the router's receive \
+         path (the NAPI poll of `lan0`) runs on CPU 0 in the generator's softirq, as a veth \
+         does by default, so the router has the reader's core and a share of the generator's. \
+         In the rows \"router on one core\" that NAPI poll runs in a kernel thread (threaded \
+         NAPI, `/sys/class/net/lan0/threaded`) pinned to CPU 1 with the reader: the router's \
+         whole work for a packet, receive path and read, is on one core, and the generator \
+         alone on the other, as a LAN host on another machine would be. The kernel path \
          de-NATs with conntrack (nftables masquerade); `lan_return` de-NATs in XDP and passes \
          the packet to the kernel, which routes it into the TUN. In the AF_XDP row, \
          `lan_return` (native) redirects the de-NATed packets to an AF_XDP socket on `lan0` \
@@ -655,7 +668,7 @@ fn stage(s: &mut String, r: &Report) {
     stage_table(
         s,
         &r.stage_return,
-        "| path | made by the LAN host's generator kpps | read from the TUN (AF_XDP row: from the socket) \
+        "| path | made by the LAN host's generator kpps | read from the TUN (AF_XDP rows: from the socket) \
          kpps | read % | XDP ns/packet | returned by XDP |\n|---|---:|---:|---:|---:|---:|",
         |c| c.lan.returned(),
     );
@@ -663,7 +676,8 @@ fn stage(s: &mut String, r: &Report) {
     let _ = writeln!(
         s,
         "\nXDP / kernel, read from the TUN: native {}, generic {}. Received on the AF_XDP \
-         socket / read from the TUN with kernel conntrack: {}.",
+         socket / read from the TUN with kernel conntrack: {}. With the router on one core: \
+         native {}, AF_XDP socket {}.",
         fmt_ratio(ratio(
             pick(ReturnVariant::XdpNative),
             pick(ReturnVariant::KernelConntrack)
@@ -675,6 +689,14 @@ fn stage(s: &mut String, r: &Report) {
         fmt_ratio(ratio(
             pick(ReturnVariant::XdpNativeAfXdp),
             pick(ReturnVariant::KernelConntrack)
+        )),
+        fmt_ratio(ratio(
+            pick(ReturnVariant::XdpNativeOneCore),
+            pick(ReturnVariant::KernelConntrackOneCore)
+        )),
+        fmt_ratio(ratio(
+            pick(ReturnVariant::XdpNativeAfXdpOneCore),
+            pick(ReturnVariant::KernelConntrackOneCore)
         )),
     );
     if let Some(row) = r.stage_return.row(ReturnVariant::XdpNativeAfXdp) {

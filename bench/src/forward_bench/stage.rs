@@ -12,7 +12,9 @@
 //!   read back from the TUN per second: kernel conntrack de-NAT against `lan_return` (native
 //!   and generic mode), which de-NATs and passes to the kernel; and packets per second
 //!   received on an AF_XDP socket on `lan0`, to which native `lan_return` redirects the
-//!   de-NATed replies instead (the kernel and the TUN are left out).
+//!   de-NATed replies instead (the kernel and the TUN are left out). Three of these paths run
+//!   twice: with the router's receive path in the generator's softirq (a veth's default) and
+//!   with the router on one core (threaded NAPI pinned to the reader's CPU).
 //!
 //! Numbers vary with the machine (sender, router and reader share its cores).
 
@@ -57,8 +59,8 @@ const THREAD_SLACK: Duration = Duration::from_secs(20);
 /// rates are measured without them.
 const COST_PHASE: Duration = Duration::from_millis(200);
 /// The CPU of the LAN host's generator (and so of the router's receive path, which runs in the
-/// generator's softirq), and the CPU of the thread that reads the TUN or the AF_XDP socket:
-/// apart, as the router's NIC interrupts and its daemon would be on a larger machine.
+/// generator's softirq unless the variant threads it, see [`ReturnVariant`]), and the CPU of
+/// the thread that reads the TUN or the AF_XDP socket.
 const SENDER_CPU: usize = 0;
 /// See [`SENDER_CPU`].
 const READER_CPU: usize = 1;
@@ -415,7 +417,13 @@ impl fmt::Display for ForwardVariant {
     }
 }
 
-/// A path from the LAN back into the TUN.
+/// A path from the LAN back into the TUN, and where the router's receive path runs.
+///
+/// In the first four variants the router's receive path (the NAPI poll of `lan0`) runs in the
+/// LAN host generator's softirq on [`SENDER_CPU`], as a veth does by default, and only the
+/// reader has [`READER_CPU`]. The `…OneCore` variants move that NAPI poll into a kernel thread
+/// (threaded NAPI) pinned to [`READER_CPU`]: the whole router, receive path and reader, on one
+/// core, and the generator alone on the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReturnVariant {
     /// Kernel conntrack de-NAT of the nftables masquerade.
@@ -426,31 +434,60 @@ pub enum ReturnVariant {
     XdpGeneric,
     /// `lan_return` in native mode, redirecting to an AF_XDP socket on `lan0` queue 0.
     XdpNativeAfXdp,
+    /// [`ReturnVariant::KernelConntrack`] with the router on one core.
+    KernelConntrackOneCore,
+    /// [`ReturnVariant::XdpNative`] with the router on one core.
+    XdpNativeOneCore,
+    /// [`ReturnVariant::XdpNativeAfXdp`] with the router on one core.
+    XdpNativeAfXdpOneCore,
 }
 
 impl ReturnVariant {
     /// Every variant, in table order.
-    pub const ALL: [ReturnVariant; 4] = [
+    pub const ALL: [ReturnVariant; 7] = [
         ReturnVariant::KernelConntrack,
         ReturnVariant::XdpNative,
         ReturnVariant::XdpGeneric,
         ReturnVariant::XdpNativeAfXdp,
+        ReturnVariant::KernelConntrackOneCore,
+        ReturnVariant::XdpNativeOneCore,
+        ReturnVariant::XdpNativeAfXdpOneCore,
     ];
+
+    /// The forwarding path, whatever the placement: the `…OneCore` variants map to the
+    /// variant of the same path whose receive path runs on the generator's CPU.
+    pub fn path(self) -> ReturnVariant {
+        match self {
+            ReturnVariant::KernelConntrackOneCore => ReturnVariant::KernelConntrack,
+            ReturnVariant::XdpNativeOneCore => ReturnVariant::XdpNative,
+            ReturnVariant::XdpNativeAfXdpOneCore => ReturnVariant::XdpNativeAfXdp,
+            v => v,
+        }
+    }
+
+    /// Whether the router's receive path runs in a NAPI thread on the reader's CPU.
+    pub fn one_core(self) -> bool {
+        self.path() != self
+    }
 
     /// Whether the variant runs XDP.
     pub fn is_xdp(self) -> bool {
-        !matches!(self, ReturnVariant::KernelConntrack)
+        self.path() != ReturnVariant::KernelConntrack
     }
 }
 
 impl fmt::Display for ReturnVariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.write_str(match self.path() {
             ReturnVariant::KernelConntrack => "kernel conntrack (nftables masquerade)",
             ReturnVariant::XdpNative => "XDP lan_return, native",
             ReturnVariant::XdpGeneric => "XDP lan_return, generic",
-            ReturnVariant::XdpNativeAfXdp => "XDP lan_return → AF_XDP socket, native",
-        })
+            _ => "XDP lan_return → AF_XDP socket, native",
+        })?;
+        if self.one_core() {
+            f.write_str(", router on one core")?;
+        }
+        Ok(())
     }
 }
 
@@ -719,9 +756,46 @@ impl Drop for SetOnDrop {
     }
 }
 
+/// The prefix of the name of the kernel thread that runs the NAPI poll of `dev` once its
+/// NAPI is threaded (`napi/<dev>-<napi id>`).
+fn napi_thread_prefix(dev: &str) -> String {
+    format!("napi/{dev}-")
+}
+
+/// The kernel threads whose name starts with `prefix`.
+fn kernel_threads(prefix: &str) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// Runs the NAPI poll of the router's `lan0` in a kernel thread (threaded NAPI) pinned to
+/// `cpu`, and returns that thread. Names repeat across namespaces, so the thread must be the
+/// only one of its name (every run builds its own namespaces, one at a time).
+fn pin_lan_napi(lab: &StageLab, cpu: usize) -> Result<libc::pid_t> {
+    lab.router
+        .exec("sh", &["-c", "echo 1 > /sys/class/net/lan0/threaded"])
+        .context("threading the NAPI of the router's lan0")?;
+    let threads = kernel_threads(&napi_thread_prefix("lan0"));
+    let [thread] = threads[..] else {
+        bail!("expected one NAPI thread of lan0, found {threads:?}");
+    };
+    if !crate::lab::pin_thread(thread, cpu) {
+        bail!("could not pin the NAPI thread {thread} of lan0 to CPU {cpu}");
+    }
+    Ok(thread)
+}
+
 fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     let lab = StageLab::new()?;
-    if variant == ReturnVariant::KernelConntrack {
+    if variant.path() == ReturnVariant::KernelConntrack {
         lab.masquerade()?;
     }
     // Frames sent with XDP reach a veth only while its NAPI runs: with an XDP program
@@ -729,6 +803,11 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     lab.router
         .exec("ethtool", &["-K", "lan0", "gro", "on"])
         .context("turning on GRO on the router's lan0")?;
+    let napi_thread = if variant.one_core() {
+        Some(pin_lan_napi(&lab, READER_CPU)?)
+    } else {
+        None
+    };
     let router_mac = parse_mac(&lab.router.exec("cat", &["/sys/class/net/lan0/address"])?)?;
     let host_mac = parse_mac(&lab.host_mac()?)?;
     let wait = Duration::from_secs(5);
@@ -776,14 +855,14 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     let router = lab.router.spawn_inside(move || {
         crate::lab::pin_current_thread(READER_CPU);
         let tun = tun_setup()?;
-        let mut fwd = match variant {
+        let mut fwd = match variant.path() {
             ReturnVariant::XdpNative | ReturnVariant::XdpNativeAfXdp => {
                 Some(attach(true, AttachPreference::Native)?)
             }
             ReturnVariant::XdpGeneric => Some(attach(true, AttachPreference::Generic)?),
-            ReturnVariant::KernelConntrack => None,
+            _ => None,
         };
-        let mut xsk = match (variant, fwd.as_mut()) {
+        let mut xsk = match (variant.path(), fwd.as_mut()) {
             (ReturnVariant::XdpNativeAfXdp, Some(fwd)) => Some(lan_socket(fwd)?),
             _ => None,
         };
@@ -822,6 +901,12 @@ fn return_once(variant: ReturnVariant, seconds: Duration) -> Result<StageRun> {
     let (peer, read, secs, ns_per_pkt, counters) =
         join_bounded(router, seconds + THREAD_SLACK + wait)?;
     let send_secs = sender_result?;
+    if let Some(thread) = napi_thread {
+        // Attaching XDP or binding the socket must not have made a new, unpinned thread.
+        if kernel_threads(&napi_thread_prefix("lan0")) != [thread] {
+            bail!("the NAPI thread of lan0 changed during the run");
+        }
+    }
     let sent = sent.load(Ordering::Relaxed);
     if secs <= 0.0 || send_secs <= 0.0 {
         bail!("no time measured");

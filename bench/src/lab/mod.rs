@@ -213,14 +213,20 @@ pub fn tailgate_bin() -> std::result::Result<std::path::PathBuf, String> {
 
 /// Pins the calling thread to `cpu`; nothing on a machine without that CPU.
 pub fn pin_current_thread(cpu: usize) {
+    pin_thread(0, cpu);
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cpu`, if the machine has that CPU; false when
+/// it does not or the kernel refused.
+pub fn pin_thread(tid: libc::pid_t, cpu: usize) -> bool {
     if !std::thread::available_parallelism().is_ok_and(|n| n.get() > cpu) {
-        return;
+        return false;
     }
     // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (cpu < CPU_SETSIZE), and
-    // sched_setaffinity(0, …) only reads the set and changes the calling thread.
+    // sched_setaffinity only reads the set and changes thread `tid`.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
