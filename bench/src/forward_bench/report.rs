@@ -593,6 +593,43 @@ fn stage_table<V: Copy + std::fmt::Display>(
     }
 }
 
+/// The per-write costs of the TUN → LAN rows with NAT, from which the best ratio a free
+/// forwarding step could give follows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardBound {
+    /// ns per TUN write on the XDP path (`tun_forward` + SNAT).
+    pub xdp_ns: f64,
+    /// `tun_forward`'s own run time per packet.
+    pub program_ns: f64,
+    /// ns per TUN write on the nftables path (kernel + masquerade).
+    pub kernel_ns: f64,
+}
+
+impl ForwardBound {
+    /// nftables cost / (XDP cost without the program): the XDP / nftables ratio if
+    /// `tun_forward` cost nothing.
+    pub fn ceiling(&self) -> f64 {
+        self.kernel_ns / (self.xdp_ns - self.program_ns)
+    }
+}
+
+/// The [`ForwardBound`] of a TUN → LAN report, when both NAT rows and the program's cost were
+/// measured.
+pub fn forward_bound(report: &StageReport<ForwardVariant>) -> Option<ForwardBound> {
+    let ns_per_write = |v| {
+        let pps = report.row(v)?.offered_pps()?;
+        (pps > 0.0).then(|| 1e9 / pps)
+    };
+    let xdp_ns = ns_per_write(ForwardVariant::XdpSnat)?;
+    let program_ns = report.row(ForwardVariant::XdpSnat)?.ns_per_pkt()?;
+    let kernel_ns = ns_per_write(ForwardVariant::KernelMasquerade)?;
+    (program_ns < xdp_ns).then_some(ForwardBound {
+        xdp_ns,
+        program_ns,
+        kernel_ns,
+    })
+}
+
 fn stage(s: &mut String, r: &Report) {
     let d = &r.settings.durations;
     let _ = writeln!(s, "\n## 2. Router stage only\n");
@@ -636,6 +673,22 @@ fn stage(s: &mut String, r: &Report) {
             pick(ForwardVariant::KernelNoNat)
         )),
     );
+    if let Some(b) = forward_bound(&r.stage_forward) {
+        let _ = writeln!(
+            s,
+            "\nWhere the time goes: a write through the XDP path took {:.0} ns, of which \
+             `tun_forward` itself ran {:.0} ns (with statistics on, so a little more than without); \
+             the rest (the system call, the skb, generic XDP's setup, the veth and the LAN host's \
+             receive) is work the nftables path does too, which took {:.0} ns per write. A \
+             forwarding step that cost nothing would make the XDP path at most {} the nftables \
+             path in this direction: a daemon that writes each packet into a TUN cannot reach \
+             {GOAL_RATIO:.0}× here on either path.",
+            b.xdp_ns,
+            b.program_ns,
+            b.kernel_ns,
+            fmt_ratio(Some(b.ceiling())),
+        );
+    }
     let _ = writeln!(
         s,
         "\n### LAN → TUN\n\nThe LAN host floods replies to a flow the router SNATed (UDP from \
@@ -990,6 +1043,7 @@ fn bpf_timings(b: &BpfLpm) -> [(&'static str, &Timing); 6] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward_bench::stage::StageRun;
 
     #[test]
     fn groups_thousands() {
@@ -1008,5 +1062,43 @@ mod tests {
         assert_eq!(fmt_ratio(Some(3.456)), "3.46×");
         assert_eq!(fmt(None, 1), "–");
         assert_eq!(fmt(Some(f64::NAN), 1), "–");
+    }
+
+    fn forward_row(variant: ForwardVariant, pps: f64, ns: Option<f64>) -> StageRow<ForwardVariant> {
+        StageRow {
+            variant,
+            runs: vec![StageRun {
+                offered_pps: pps,
+                delivered_pps: pps,
+                ns_per_pkt: ns,
+                counters: None,
+                note: None,
+            }],
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn forward_ceiling_leaves_out_the_program() {
+        // 1,000 kpps = 1,000 ns per write, of which the program 200 ns; nftables 1,250 ns.
+        let report = StageReport {
+            rows: vec![
+                forward_row(ForwardVariant::KernelMasquerade, 800_000.0, None),
+                forward_row(ForwardVariant::XdpSnat, 1_000_000.0, Some(200.0)),
+            ],
+        };
+        let b = forward_bound(&report).unwrap();
+        assert_eq!(
+            (b.xdp_ns, b.program_ns, b.kernel_ns),
+            (1000.0, 200.0, 1250.0)
+        );
+        assert!((b.ceiling() - 1250.0 / 800.0).abs() < 1e-9);
+        // Without the program's cost, or with a cost beyond the write's, there is no bound.
+        let mut no_cost = report.clone();
+        no_cost.rows[1] = forward_row(ForwardVariant::XdpSnat, 1_000_000.0, None);
+        assert_eq!(forward_bound(&no_cost), None);
+        let mut too_big = report;
+        too_big.rows[1] = forward_row(ForwardVariant::XdpSnat, 1_000_000.0, Some(1000.0));
+        assert_eq!(forward_bound(&too_big), None);
     }
 }
