@@ -1,9 +1,9 @@
 //! Subnet routers, 4via6 and exit nodes over real tunnels in network namespaces. Every test
 //! runs twice: with the XDP fast path (`::xdp`, whose counters must show that XDP forwarded)
 //! and with the fallback path (`::kernel`: `--no-xdp`, kernel forwarding + nftables
-//! masquerade, 4via6 in userspace; one test without `nft`, masquerading with iptables). Needs
-//! root; every namespace, link, rule and process is
-//! removed on drop.
+//! masquerade, 4via6 in userspace; one test without `nft`, masquerading with iptables, and one
+//! restarting a router killed with SIGKILL). Needs root; every namespace, link, rule and
+//! process is removed on drop.
 //!
 //! On the XDP path the LAN hosts send full transport checksums (`ethtool -K eth1 tx off`), so
 //! `lan_return` hands the NATed replies to the daemon's AF_XDP sockets (replies with partial
@@ -440,6 +440,55 @@ fn subnet_router_snat_off_keeps_tailnet_source(path: Path) {
     assert_eq!(tcp, "lan 100.64.0.1");
     assert_eq!(udp, "lan 100.64.0.1");
     assert_forwarded_by(&lab.nodes[0], path, false);
+}
+
+/// A router killed with SIGKILL leaves its masquerade table behind. Started again with SNAT
+/// off, its first apply removes that table (no rule is needed any more), and the LAN host sees
+/// the client's tailnet address.
+#[test]
+fn restart_after_kill_removes_leftover_masquerade() {
+    require_root();
+    let mut lab = router_lab(Path::Kernel, true).expect("lab");
+    let table = format!("tailgate_{}", lab.nodes[0].ifname);
+    let list_table = |router: &Node| router.exec("nft", &["list", "table", "inet", &table]);
+    let rules = list_table(&lab.nodes[0]).expect("the router's masquerade table");
+    assert!(rules.contains("masquerade"), "{rules}");
+
+    lab.nodes[0]
+        .kill_and_restart(|config| {
+            let off = config.replace("snat_subnet_routes = true", "snat_subnet_routes = false");
+            assert_ne!(off, config, "SNAT setting not found in:\n{config}");
+            off
+        })
+        .expect("restarting the router");
+    wait_for_path(&lab.nodes[0], Path::Kernel, "192.168.50.0/24");
+    let status = lab.nodes[0].tailgate_status(false).unwrap();
+    assert!(status.contains("subnet SNAT: off"), "{status}");
+    assert!(
+        list_table(&lab.nodes[0]).is_err(),
+        "the killed daemon's table is still there\n{}",
+        lab.nodes[0].log()
+    );
+
+    lab.lan_hosts[0]
+        .ip(&["route", "add", "100.64.0.0/10", "via", "192.168.50.1"])
+        .unwrap();
+    // The client still holds a session the restarted router has forgotten; it hands-shakes
+    // again once its data goes unanswered (WireGuard's keepalive + rekey timeouts, ~15 s).
+    let client = &lab.nodes[1].host.ns;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while ping(client, "192.168.50.5").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never reached the LAN through the restarted router\n{}",
+            lab.nodes[0].log()
+        );
+    }
+    let server = whoami_server(&lab.lan_hosts[0], "lan", 7005).unwrap();
+    let (tcp, udp) = ask_whoami(client, "192.168.50.5:7005".parse().unwrap()).unwrap();
+    server.join().unwrap().unwrap();
+    assert_eq!(tcp, "lan 100.64.0.1");
+    assert_eq!(udp, "lan 100.64.0.1");
 }
 
 on_both_paths!(tailgate_set_changes_snat_at_runtime);

@@ -174,16 +174,7 @@ impl Node {
                     tailgate_config(&ifname, &keys, v4, v6, peers, interface_toml),
                 )?;
                 let socket = PathBuf::from(format!("/run/tailgate/{ifname}.sock"));
-                let mut cmd = host.ns.command(&bin.to_string_lossy());
-                cmd.arg("daemon")
-                    .arg("--config")
-                    .arg(&config)
-                    .arg("--socket")
-                    .arg(&socket)
-                    .args(args)
-                    .env("RUST_LOG", "info")
-                    // Lab daemons leave the host's resolver configuration alone.
-                    .env("TS_ACCEPT_DNS", "false");
+                let cmd = tailgate_daemon(&host, bin, args, &config, &socket);
                 let process = Process::spawn(&ifname, cmd)?;
                 Node {
                     process,
@@ -375,6 +366,41 @@ impl Node {
         self.process.log()
     }
 
+    /// Kills a tailgate node's daemon with SIGKILL (no teardown: its NAT rules, routes and
+    /// socket files stay behind), passes its configuration file through `edit`, and starts
+    /// the daemon again in the same namespace with the same arguments. Returns once the new
+    /// daemon answers on its control socket.
+    pub fn kill_and_restart(&mut self, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let (Kind::Tailgate { bin, args }, Some(config), Some(socket)) =
+            (&self.kind, &self.config_file, &self.control_socket)
+        else {
+            return Err(anyhow!("{} is not a tailgate node", self.ifname));
+        };
+        self.process.signal(libc::SIGKILL);
+        // Reaps the killed process (bounded); its exit status is SIGKILL's, not a clean one.
+        let _ = self.process.stop();
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        std::fs::write(config, edit(text))
+            .with_context(|| format!("writing {}", config.display()))?;
+        let cmd = tailgate_daemon(&self.host, bin, args, config, socket);
+        self.process = Process::spawn(&self.ifname, cmd)?;
+        // The killed daemon's socket files are still there: wait for an answer, not a file.
+        let mut status = Command::new(bin);
+        status.arg("--socket").arg(socket).arg("status");
+        let process = &mut self.process;
+        wait_for(
+            "the restarted daemon's control socket",
+            Duration::from_secs(20),
+            || {
+                process.check_running()?;
+                Ok(run(&mut status).ok())
+            },
+        )
+        .map_err(|e| e.context(format!("log of {}:\n{}", self.ifname, self.process.log())))?;
+        Ok(())
+    }
+
     /// Stops the node with SIGTERM; true if it exited cleanly.
     pub fn stop(&mut self) -> Result<bool> {
         self.process.stop()
@@ -388,6 +414,27 @@ impl Drop for Node {
             let _ = std::fs::remove_file(f);
         }
     }
+}
+
+/// The command that runs `tailgate daemon` with `config` and control `socket` in `host`.
+fn tailgate_daemon(
+    host: &Host,
+    bin: &std::path::Path,
+    args: &[String],
+    config: &std::path::Path,
+    socket: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = host.ns.command(&bin.to_string_lossy());
+    cmd.arg("daemon")
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("RUST_LOG", "info")
+        // Lab daemons leave the host's resolver configuration alone.
+        .env("TS_ACCEPT_DNS", "false");
+    cmd
 }
 
 /// The peer entry for node `index` with `keys`.
