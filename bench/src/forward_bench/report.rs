@@ -708,7 +708,11 @@ fn stage(s: &mut String, r: &Report) {
          In the rows \"router on one core\" that NAPI poll runs in a kernel thread (threaded \
          NAPI, `/sys/class/net/lan0/threaded`) pinned to CPU 1 with the reader: the router's \
          whole work for a packet, receive path and read, is on one core, and the generator \
-         alone on the other, as a LAN host on another machine would be. The kernel path \
+         alone on the other, as a LAN host on another machine would be; the NAPI thread and \
+         the reader then take turns on that core (the TUN reader with a `read` system call \
+         per packet, the socket reader with one pass over its ring per batch), what the reader \
+         cannot take in time is dropped at the TUN's queue or the socket's ring, and \
+         `lan_return`'s own time is higher, as the two share one core's caches. The kernel path \
          de-NATs with conntrack (nftables masquerade); `lan_return` de-NATs in XDP and passes \
          the packet to the kernel, which routes it into the TUN. In the AF_XDP row, \
          `lan_return` (native) redirects the de-NATed packets to an AF_XDP socket on `lan0` \
