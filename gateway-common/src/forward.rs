@@ -140,6 +140,17 @@ impl FwdConfig {
             0
         }
     }
+
+    /// Whether a connection in `state` (a [`CtState`] value), last seen at `last`, has idled
+    /// out at `now` (ns, same clock). A stamp ahead of `now` counts as just seen.
+    #[inline(always)]
+    pub fn expired(&self, state: u8, last: u64, now: u64) -> bool {
+        if now <= last {
+            return false;
+        }
+        let class = CtState::from_u8(state).class();
+        now - last >= self.timeout_secs(class) as u64 * 1_000_000_000
+    }
 }
 
 /// An interface `tun_forward` may redirect to (the FIB's answer must be one of these), value of
@@ -234,7 +245,10 @@ pub struct CtReplyKey {
 pub const CT_FLAG_VIA6: u8 = 1 << 0;
 
 /// Value of [`FWD_CT_ORIG_MAP`]: the connection's reply tuple (which holds the SNAT address and
-/// port), state and timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+/// port), state and timestamps (`bpf_ktime_get_coarse_ns`, never ahead of CLOCK_MONOTONIC).
+///
+/// The connection was last seen at the later of this entry's `last_seen` and its reply
+/// entry's ([`CtReplyVal::last_seen`]): see [`ct_last_seen`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtOrigVal {
@@ -244,7 +258,8 @@ pub struct CtOrigVal {
     /// A [`CtState`] value.
     pub state: u8,
     pub pad: [u8; 2],
-    /// When the last packet (either direction) was seen, ns.
+    /// When the last packet was seen, ns: every packet toward the LAN, and replies that went
+    /// through `lan_return`'s full check (state changes, or a reply entry that looked idle).
     pub last_seen: [u8; 8],
     /// When `tun_forward` last checked that the reply entry still exists (LRU eviction can
     /// remove one side only), ns.
@@ -252,16 +267,43 @@ pub struct CtOrigVal {
 }
 
 impl CtOrigVal {
+    /// [`CtOrigVal::last_seen`] as a number.
     pub const fn last_seen(&self) -> u64 {
         u64::from_be_bytes(self.last_seen)
     }
 }
 
-/// Value of [`FWD_CT_REPLY_MAP`]: the original tuple (state lives in the [`CtOrigVal`]).
+/// Value of [`FWD_CT_REPLY_MAP`]: the original tuple, and what `lan_return` needs to return a
+/// reply with this one lookup: the connection's flags, a copy of its state (the programs
+/// write both entries whenever the state changes) and when the last reply was seen.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtReplyVal {
     pub orig: CtOrigKey,
+    /// `CT_FLAG_*`, as in the [`CtOrigVal`].
+    pub flags: u8,
+    /// A [`CtState`] value, as in the [`CtOrigVal`].
+    pub state: u8,
+    pub pad: [u8; 2],
+    /// When the last reply was seen, ns (see [`CtOrigVal`] for the clock).
+    pub last_seen: [u8; 8],
+}
+
+impl CtReplyVal {
+    /// [`CtReplyVal::last_seen`] as a number.
+    pub const fn last_seen(&self) -> u64 {
+        u64::from_be_bytes(self.last_seen)
+    }
+}
+
+/// When a connection was last seen: the later of its two entries' stamps.
+pub const fn ct_last_seen(orig: &CtOrigVal, reply: &CtReplyVal) -> u64 {
+    let (o, r) = (orig.last_seen(), reply.last_seen());
+    if o > r {
+        o
+    } else {
+        r
+    }
 }
 
 #[cfg(feature = "user")]
@@ -460,7 +502,7 @@ mod tests {
         assert_eq!(size_of::<CtOrigKey>(), 40);
         assert_eq!(size_of::<CtReplyKey>(), 20);
         assert_eq!(size_of::<CtOrigVal>(), 20 + 4 + 16);
-        assert_eq!(size_of::<CtReplyVal>(), 40);
+        assert_eq!(size_of::<CtReplyVal>(), 40 + 4 + 8);
         assert_eq!(core::mem::align_of::<CtOrigVal>(), 1);
     }
 

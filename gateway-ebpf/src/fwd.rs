@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::forward::{
-    AdvV4, AdvVia, CtOrigKey, CtOrigVal, CtReplyKey, CtReplyVal, CtState, FwdConfig, FwdEgress,
-    FWD_ADV_MAX_DEFAULT, FWD_CT_MAX_DEFAULT, FWD_EGRESS_MAX,
+    ct_last_seen, AdvV4, AdvVia, CtOrigKey, CtOrigVal, CtReplyKey, CtReplyVal, FwdConfig,
+    FwdEgress, FWD_ADV_MAX_DEFAULT, FWD_CT_MAX_DEFAULT, FWD_EGRESS_MAX,
 };
 
 #[map]
@@ -456,17 +456,6 @@ pub fn looks_partial(
 // ---------------------------------------------------------------------------------------------
 // Connection table.
 
-/// Whether a connection entry (its `state` and `last_seen`) has idled out.
-#[inline(always)]
-pub fn expired(state: u8, last: u64, now: u64, cfg: &FwdConfig) -> bool {
-    if now <= last {
-        return false;
-    }
-    let class = CtState::from_u8(state).class();
-    let timeout = cfg.timeout_secs(class) as u64 * 1_000_000_000;
-    now - last >= timeout
-}
-
 /// Hash of the original tuple for the port choice.
 #[inline(always)]
 fn hash_key(k: &CtOrigKey, seed: u32) -> u32 {
@@ -514,16 +503,20 @@ fn claim(sc: &mut Scratch, now: u64, cfg: &FwdConfig) -> bool {
         Some(p) => {
             // SAFETY: a non-null value pointer returned by the kernel for this map, read in
             // place (map values may be helper arguments).
-            let owner = unsafe { &(*p).orig };
+            let held = unsafe { &*p };
+            let owner = &held.orig;
             if *owner == sc.key {
-                return true;
+                // Ours already (the same connection starting over): new flags, state, stamp.
+                return FWD_CT_REPLY
+                    .insert(&sc.rk, &sc.rval, BPF_ANY as u64)
+                    .is_ok();
             }
             let stale = match FWD_CT_ORIG.get_ptr(owner) {
                 None => true,
                 Some(o) => {
                     // SAFETY: as above, for the other map.
                     let o = unsafe { &*o };
-                    o.reply != sc.rk || expired(o.state, o.last_seen(), now, cfg)
+                    o.reply != sc.rk || cfg.expired(o.state, ct_last_seen(o, held), now)
                 }
             };
             stale

@@ -20,14 +20,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::forward::{
-    CtOrigKey, CtState, FwdConfig, FwdEgress, LanCounter, CT_FLAG_VIA6, EGRESS_FLAG_XSK,
-    FWD_FLAG_ENABLED, LAN_XSK_MAX, PROTO_ICMP, PROTO_ICMPV6,
+    ct_last_seen, CtOrigKey, CtReplyKey, CtReplyVal, CtState, FwdConfig, FwdEgress, LanCounter,
+    CT_FLAG_VIA6, EGRESS_FLAG_XSK, FWD_FLAG_ENABLED, LAN_XSK_MAX, PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use crate::fwd::{
-    adjust_head, csum_update, csum_update_partial, egress, eth_bytes, expired, fold, looks_partial,
-    now_ns, packet_len, parse_l4, pseudo4, pseudo6, read, scratch, sum4, sum_packet, udp_wire, w16,
-    write, EthHdr, Ipv4Hdr, ETH_P_IPV4, ETH_P_IPV6, FWD_CONFIG, FWD_CT_ORIG, FWD_CT_REPLY, L4,
+    adjust_head, csum_update, csum_update_partial, egress, eth_bytes, fold, looks_partial, now_ns,
+    packet_len, parse_l4, pseudo4, pseudo6, read, scratch, sum4, sum_packet, udp_wire, w16, write,
+    EthHdr, Ipv4Hdr, ETH_P_IPV4, ETH_P_IPV6, FWD_CONFIG, FWD_CT_ORIG, FWD_CT_REPLY, L4,
     PARSE_NO_MATCH,
 };
 use crate::helpers::{ETH_P_8021AD, ETH_P_8021Q};
@@ -150,6 +150,34 @@ fn count_index(index: u32) {
     }
 }
 
+/// Checks a reply's connection entry (it must still own reply tuple `rk` and not have idled
+/// out, counting the reply entry's stamp too), moves both entries' state on by the reply's TCP
+/// `tcp_flags` and stamps them `now`. False when the connection is gone.
+#[inline(always)]
+fn refresh_connection(
+    reply: &mut CtReplyVal,
+    rk: &CtReplyKey,
+    tcp_flags: u8,
+    now: u64,
+    cfg: &FwdConfig,
+) -> bool {
+    let Some(op) = FWD_CT_ORIG.get_ptr_mut(&reply.orig) else {
+        return false;
+    };
+    // SAFETY: a non-null value pointer the kernel returned for this map, valid for this
+    // invocation; plain bytes, written field by field.
+    let conn = unsafe { &mut *op };
+    if conn.reply != *rk || cfg.expired(conn.state, ct_last_seen(conn, reply), now) {
+        return false;
+    }
+    let state = CtState::from_u8(conn.state).next(true, tcp_flags) as u8;
+    conn.state = state;
+    conn.last_seen = now.to_be_bytes();
+    reply.state = state;
+    reply.last_seen = now.to_be_bytes();
+    true
+}
+
 #[inline(always)]
 fn pass(c: LanCounter) -> (u32, LanCounter) {
     (PASS, c)
@@ -207,31 +235,23 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
     rk.sport = l4.sport;
     rk.dport = l4.dport;
     let rk = &sc.rk;
-    let Some(rv) = FWD_CT_REPLY.get_ptr(rk) else {
+    let Some(rv) = FWD_CT_REPLY.get_ptr_mut(rk) else {
         return pass(LanCounter::PassNoMatch);
     };
     // SAFETY (map values below): non-null value pointers the kernel returned for these maps,
-    // valid for this invocation; the values are plain bytes. They are read in place (map
-    // values can be helper arguments) to keep the 512-byte stack small.
-    let orig = unsafe { &(*rv).orig };
-    let Some(op) = FWD_CT_ORIG.get_ptr_mut(orig) else {
-        return pass(LanCounter::PassExpired);
-    };
+    // valid for this invocation; the values are plain bytes. They are read and written in
+    // place (map values can be helper arguments) to keep the 512-byte stack small.
+    let reply = unsafe { &mut *rv };
     let now = now_ns();
-    // SAFETY: as above.
-    let (same, flags, state, last) = unsafe {
-        let ov = &*op;
-        (ov.reply == *rk, ov.flags, ov.state, ov.last_seen)
-    };
-    if !same || expired(state, u64::from_be_bytes(last), now, cfg) {
+    let state = CtState::from_u8(reply.state).next(true, l4.flags) as u8;
+    // One lookup while the reply entry alone shows the connection alive and the state stays;
+    // otherwise the connection entry decides, as the owner of the state.
+    if state == reply.state && !cfg.expired(reply.state, reply.last_seen(), now) {
+        reply.last_seen = now.to_be_bytes();
+    } else if !refresh_connection(reply, rk, l4.flags, now, cfg) {
         return pass(LanCounter::PassExpired);
     }
-    let state = CtState::from_u8(state).next(true, l4.flags) as u8;
-    // SAFETY: as above; written field by field.
-    unsafe {
-        (*op).state = state;
-        (*op).last_seen = now.to_be_bytes();
-    }
+    let (orig, flags) = (&reply.orig, reply.flags);
     let df = ip.frag_off[0] & 0x40 != 0;
     let tun_mtu = cfg.tun_mtu() as usize;
     // Replies from local senders (veth/tap on this machine) may carry a partial checksum, and
@@ -250,8 +270,7 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
         if tun_mtu != 0 && tot > tun_mtu && df && !partial {
             return icmp4_too_big(ctx, &eth, &ip, &eg, ihl, tun_mtu as u16);
         }
-        // SAFETY: as above.
-        let (client, cport) = unsafe { ((*rv).orig.src, (*rv).orig.sport) };
+        let (client, cport) = (orig.src, orig.sport);
         let v = return_v4(
             ctx,
             &ip,
@@ -610,16 +629,15 @@ fn icmp_error_find(ctx: &XdpContext, cfg: &FwdConfig) -> Result<bool, (u32, LanC
         return Err(pass(LanCounter::PassNoMatch));
     };
     // SAFETY: map values read in place (see `process`); not refreshed by errors.
-    let orig = unsafe { &(*rv).orig };
+    let reply = unsafe { &*rv };
+    let orig = &reply.orig;
     let Some(op) = FWD_CT_ORIG.get_ptr(orig) else {
         return Err(pass(LanCounter::PassExpired));
     };
     // SAFETY: as above.
-    let (same, flags, state, last) = unsafe {
-        let ov = &*op;
-        (ov.reply == *rk, ov.flags, ov.state, ov.last_seen)
-    };
-    if !same || expired(state, u64::from_be_bytes(last), now_ns(), cfg) {
+    let conn = unsafe { &*op };
+    let flags = conn.flags;
+    if conn.reply != *rk || cfg.expired(conn.state, ct_last_seen(conn, reply), now_ns()) {
         return Err(pass(LanCounter::PassExpired));
     }
     // SAFETY: as above; the original tuple is copied for the rewriting subprogram.

@@ -34,10 +34,10 @@ use gateway_common::forward::{
 
 use crate::fwd::{
     adjust_head, adv_v4, adv_via, allocate, csum_update, csum_update_partial, egress, eth_bytes,
-    expired, fake_l2, fib_lookup_v4, fold, looks_partial, now_ns, packet_len, parse_l4, pseudo4,
-    pseudo6, read, scratch, sum4, sum_packet, udp_wire, w16, write, write_fake_l2_before, Ipv4Hdr,
-    Ipv6Hdr, Scratch, CT_CHECK_INTERVAL_NS, DF_THRESHOLD, ETH_P_IPV4, ETH_P_IPV6, FWD_CONFIG,
-    FWD_CT_ORIG, FWD_CT_REPLY, PARSE_NO_MATCH,
+    fake_l2, fib_lookup_v4, fold, looks_partial, now_ns, packet_len, parse_l4, pseudo4, pseudo6,
+    read, scratch, sum4, sum_packet, udp_wire, w16, write, write_fake_l2_before, Ipv4Hdr, Ipv6Hdr,
+    Scratch, CT_CHECK_INTERVAL_NS, DF_THRESHOLD, ETH_P_IPV4, ETH_P_IPV6, FWD_CONFIG, FWD_CT_ORIG,
+    FWD_CT_REPLY, PARSE_NO_MATCH,
 };
 
 #[map]
@@ -286,17 +286,41 @@ fn ct_outbound(
             && r.dst == rk.dst
             && r.sport == rk.sport;
         if fits {
-            if !expired(v.state, v.last_seen(), now, cfg) {
-                v.state = CtState::from_u8(v.state).next(false, tcp_flags) as u8;
-                v.last_seen = now.to_be_bytes();
-                if now.saturating_sub(u64::from_be_bytes(v.checked)) >= CT_CHECK_INTERVAL_NS {
-                    v.checked = now.to_be_bytes();
-                    // LRU eviction may have removed the reply half only: restore it.
-                    if FWD_CT_REPLY.get_ptr(&v.reply).is_none() {
+            let state = CtState::from_u8(v.state).next(false, tcp_flags) as u8;
+            let mut alive = !cfg.expired(v.state, v.last_seen(), now);
+            // The reply entry: replies refresh only its stamp, and it keeps a copy of the
+            // state. Looked at when this entry alone looks idle or the state changes, and at
+            // least every CT_CHECK_INTERVAL_NS (LRU eviction may have removed it).
+            let check = now.saturating_sub(u64::from_be_bytes(v.checked)) >= CT_CHECK_INTERVAL_NS;
+            if !alive || state != v.state || check {
+                match FWD_CT_REPLY.get_ptr_mut(&v.reply) {
+                    Some(r) => {
+                        // SAFETY: as above, for the reply map.
+                        let r = unsafe { &mut *r };
+                        if r.orig == sc.key {
+                            alive = alive || !cfg.expired(v.state, r.last_seen(), now);
+                            if alive {
+                                r.state = state;
+                            }
+                        }
+                    }
+                    None if alive => {
+                        // Evicted: restore it.
                         sc.rval.orig = sc.key;
+                        sc.rval.flags = v.flags;
+                        sc.rval.state = state;
+                        sc.rval.last_seen = now.to_be_bytes();
                         let _ = FWD_CT_REPLY.insert(&v.reply, &sc.rval, BPF_ANY as u64);
                     }
+                    None => {}
                 }
+                if check {
+                    v.checked = now.to_be_bytes();
+                }
+            }
+            if alive {
+                v.state = state;
+                v.last_seen = now.to_be_bytes();
                 return Ok((u16::from_be_bytes(v.reply.dport), false));
             }
             // Idled out: start over, preferring the same port (same mapping if still free).
@@ -308,15 +332,21 @@ fn ct_outbound(
         // side (this is a reply); the kernel's connection tracking owns it.
         return Err(TunCounter::PassNoMatch);
     }
+    // Field by field, padding untouched (always zero in the scratch map): building the
+    // whole struct would zero the padding with a `memset` call. `allocate` inserts the reply
+    // entry (its `orig` is filled in there).
+    let flags = if via6 { CT_FLAG_VIA6 } else { 0 };
+    let state = CtState::initial(sc.key.proto).next(false, tcp_flags) as u8;
+    sc.rval.flags = flags;
+    sc.rval.state = state;
+    sc.rval.last_seen = now.to_be_bytes();
     let port = allocate(cfg, sc, prefer);
     if port == 0 {
         return Err(TunCounter::PassNoPort);
     }
-    // Field by field, padding untouched (always zero in the scratch map): building the
-    // whole struct would zero the padding with a `memset` call.
     sc.oval.reply = sc.rk;
-    sc.oval.flags = if via6 { CT_FLAG_VIA6 } else { 0 };
-    sc.oval.state = CtState::initial(sc.key.proto).next(false, tcp_flags) as u8;
+    sc.oval.flags = flags;
+    sc.oval.state = state;
     sc.oval.last_seen = now.to_be_bytes();
     sc.oval.checked = now.to_be_bytes();
     if FWD_CT_ORIG

@@ -1184,6 +1184,78 @@ fn connections_expire() {
     });
 }
 
+/// Replies refresh only the reply entry (one map lookup per reply); the connection stays alive
+/// for the programs and for userspace expiry as long as replies keep coming, with no packet
+/// toward the LAN for longer than the timeout.
+#[test]
+fn replies_alone_keep_a_connection_alive() {
+    skip_unless_able!();
+    let router = Router::new("replyalive");
+    router.run(|| {
+        let opts = ForwardOptions {
+            lan: vec![LanInterface::new("lan0", SNAT)],
+            port_range: PORTS,
+            tun_mtu: Some(1280),
+            timeouts: tailgate::nat::conntrack::Timeouts {
+                udp_unreplied: Duration::from_secs(1),
+                udp: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..ForwardOptions::default()
+        };
+        let mut xdp = XdpForward::load(&opts).unwrap();
+        xdp.set_routes(&[ForwardRoute::from("10.1.1.0/24".parse::<IpNet>().unwrap())])
+            .unwrap();
+        let (tun_if, lan_if) = (ifindex("tgtun0"), ifindex("lan0"));
+        let q = packet(v4(CLIENT4), v4(HOST), &udp(61_900, 53, b"q"), H);
+        let r = xdp
+            .test_run(ForwardProgram::TunForward, &q, tun_if)
+            .unwrap();
+        assert_eq!(r.action, xdp_action::REDIRECT);
+        let reply = eth(
+            LAN_MAC,
+            HOST_MAC,
+            0x0800,
+            &packet(v4(HOST), v4(SNAT), &udp(53, 61_900, b"a"), H),
+        );
+        // 1.6 s of replies, 0.4 s apart: past the 1 s timeout since the only query.
+        for i in 0..5 {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            let r = xdp
+                .test_run(ForwardProgram::LanReturn, &reply, lan_if)
+                .unwrap();
+            assert_eq!(r.action, xdp_action::PASS, "reply {i}");
+            assert_eq!(&r.data[30..34], &CLIENT4.octets(), "reply {i} de-NATed");
+        }
+        assert_eq!(xdp.counters().unwrap().lan.passed_expired, 0);
+        let conns = xdp.connections().unwrap();
+        assert_eq!(conns.len(), 1);
+        assert!(!conns[0].expired, "{conns:?}");
+        assert!(conns[0].idle < Duration::from_secs(1), "{conns:?}");
+        let s = xdp.expire().unwrap();
+        assert_eq!((s.expired, s.remaining), (0, 1));
+        // A query now continues the connection (still replied) instead of starting over.
+        let r = xdp
+            .test_run(ForwardProgram::TunForward, &q, tun_if)
+            .unwrap();
+        assert_eq!(r.action, xdp_action::REDIRECT);
+        assert_eq!(sport_of(&r.data[14..]), 61_900);
+        assert_eq!(xdp.connections().unwrap()[0].state, "udp_replied");
+
+        // Once neither side has been seen for the timeout, it has idled out for both.
+        std::thread::sleep(Duration::from_millis(1100));
+        let r = xdp
+            .test_run(ForwardProgram::LanReturn, &reply, lan_if)
+            .unwrap();
+        assert_eq!(r.data, reply);
+        assert_eq!(xdp.counters().unwrap().lan.passed_expired, 1);
+        let s = xdp.expire().unwrap();
+        assert_eq!((s.expired, s.remaining), (1, 0));
+    });
+}
+
 #[test]
 fn verifier_budget() {
     skip_unless_able!();

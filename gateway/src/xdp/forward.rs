@@ -39,12 +39,12 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::forward::{
-    AdvV4, AdvVia, CtOrigKey, CtOrigVal, CtReplyKey, CtReplyVal, CtState, FwdConfig, FwdEgress,
-    CT_FAMILY_V6, CT_FLAG_VIA6, CT_TIMEOUT_CLASSES, EGRESS_FLAG_XSK, FWD_ADV_MAX_DEFAULT,
-    FWD_ADV_V4_MAP, FWD_ADV_VIA_MAP, FWD_CONFIG_MAP, FWD_CT_MAX_DEFAULT, FWD_CT_ORIG_MAP,
-    FWD_CT_REPLY_MAP, FWD_EGRESS_MAP, FWD_EGRESS_MAX, FWD_FLAG_ENABLED, FWD_FLAG_SNAT,
-    LAN_COUNTERS_MAP, LAN_RETURN_PROGRAM, LAN_XSK_MAP, LAN_XSK_MAX, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, TUN_COUNTERS_MAP, TUN_FORWARD_PROGRAM,
+    ct_last_seen, AdvV4, AdvVia, CtOrigKey, CtOrigVal, CtReplyKey, CtReplyVal, CtState, FwdConfig,
+    FwdEgress, CT_FAMILY_V6, CT_FLAG_VIA6, CT_TIMEOUT_CLASSES, EGRESS_FLAG_XSK,
+    FWD_ADV_MAX_DEFAULT, FWD_ADV_V4_MAP, FWD_ADV_VIA_MAP, FWD_CONFIG_MAP, FWD_CT_MAX_DEFAULT,
+    FWD_CT_ORIG_MAP, FWD_CT_REPLY_MAP, FWD_EGRESS_MAP, FWD_EGRESS_MAX, FWD_FLAG_ENABLED,
+    FWD_FLAG_SNAT, LAN_COUNTERS_MAP, LAN_RETURN_PROGRAM, LAN_XSK_MAP, LAN_XSK_MAX, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, TUN_COUNTERS_MAP, TUN_FORWARD_PROGRAM,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -556,16 +556,6 @@ fn state_name(s: CtState) -> &'static str {
     }
 }
 
-/// Whether an entry has idled out at `now` (the programs' rule).
-fn is_expired(v: &CtOrigVal, now: u64, cfg: &FwdConfig) -> bool {
-    let last = v.last_seen();
-    if now <= last {
-        return false;
-    }
-    let class = CtState::from_u8(v.state).class();
-    now - last >= u64::from(cfg.timeout_secs(class)) * 1_000_000_000
-}
-
 impl XdpForward {
     /// Loads both programs (verifier included) and fills their configuration, without
     /// attaching them: for [`XdpForward::test_run`], probes, or attaching step by step.
@@ -1020,6 +1010,23 @@ impl XdpForward {
         })
     }
 
+    /// When connection `k` (entry `v`) was last seen: the later of its entry's stamp and its
+    /// reply entry's (replies refresh only the reply entry), as the programs count it.
+    fn last_seen(&self, k: &CtOrigKey, v: &CtOrigVal) -> Result<u64, ForwardError> {
+        match self.maps.ct_reply.get(&v.reply, 0) {
+            Ok(r) if r.orig == *k => Ok(ct_last_seen(v, &r)),
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(v.last_seen()),
+            Err(e) => Err(map_err(FWD_CT_REPLY_MAP)(e)),
+        }
+    }
+
+    /// Whether connection `k` (entry `v`) has idled out at `now` (the programs' rule). The
+    /// reply entry is only read when the connection entry alone looks idle.
+    fn is_expired(&self, k: &CtOrigKey, v: &CtOrigVal, now: u64) -> Result<bool, ForwardError> {
+        Ok(self.config.expired(v.state, v.last_seen(), now)
+            && self.config.expired(v.state, self.last_seen(k, v)?, now))
+    }
+
     /// Removes connection entries that have idled out, and reply entries that lost their
     /// connection. The programs already ignore idle entries (so expiry semantics do not depend
     /// on this); this frees their slots. Cost: two syscalls per entry — call it every few
@@ -1035,7 +1042,7 @@ impl XdpForward {
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(FWD_CT_ORIG_MAP)(e)),
             };
-            if is_expired(&v, now, &self.config) {
+            if self.is_expired(&k, &v, now)? {
                 dead.push((k, v.reply));
             } else {
                 stats.remaining += 1;
@@ -1044,7 +1051,7 @@ impl XdpForward {
         for (k, reply) in dead {
             // Re-check: a packet may have refreshed it meanwhile.
             match self.maps.ct_orig.get(&k, 0) {
-                Ok(v) if !is_expired(&v, monotonic_ns(), &self.config) => {
+                Ok(v) if !self.is_expired(&k, &v, monotonic_ns())? => {
                     stats.remaining += 1;
                     continue;
                 }
@@ -1125,8 +1132,8 @@ impl XdpForward {
                 lan_dst: Ipv4Addr::from(v.reply.src),
                 via6: v.flags & CT_FLAG_VIA6 != 0,
                 state: state_name(CtState::from_u8(v.state)),
-                idle: Duration::from_nanos(now.saturating_sub(v.last_seen())),
-                expired: is_expired(&v, now, &self.config),
+                idle: Duration::from_nanos(now.saturating_sub(self.last_seen(&k, &v)?)),
+                expired: self.is_expired(&k, &v, now)?,
             });
         }
         Ok(out)
@@ -1271,9 +1278,18 @@ mod tests {
             last_seen: 1_000_000_000u64.to_be_bytes(),
             ..CtOrigVal::default()
         };
-        assert!(!is_expired(&v, 30_999_999_999, &cfg));
-        assert!(is_expired(&v, 31_000_000_000, &cfg));
-        assert!(!is_expired(&v, 5, &cfg));
+        let icmp = CtState::Icmp as u8;
+        assert!(!cfg.expired(icmp, v.last_seen(), 30_999_999_999));
+        assert!(cfg.expired(icmp, v.last_seen(), 31_000_000_000));
+        assert!(!cfg.expired(icmp, v.last_seen(), 5));
+        // A later reply stamp keeps the connection alive.
+        let r = CtReplyVal {
+            last_seen: 20_000_000_000u64.to_be_bytes(),
+            ..CtReplyVal::default()
+        };
+        assert_eq!(ct_last_seen(&v, &r), 20_000_000_000);
+        assert!(!cfg.expired(icmp, ct_last_seen(&v, &r), 31_000_000_000));
+        assert!(cfg.expired(icmp, ct_last_seen(&v, &r), 50_000_000_000));
     }
 
     #[test]
