@@ -1073,33 +1073,7 @@ impl Machine {
                     .filter(|l| l.starts_with("processor"))
                     .count()
             });
-        let repo = tailgate
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."));
-        let repo_s = repo.to_string_lossy().into_owned();
-        let commit = match first_line("git", &["-C", &repo_s, "rev-parse", "--short=12", "HEAD"]) {
-            Some(c) => {
-                let dirty = helper(
-                    "git",
-                    &[
-                        "-C",
-                        &repo_s,
-                        "status",
-                        "--porcelain",
-                        "--untracked-files=no",
-                    ],
-                )
-                .is_some_and(|s| !s.trim().is_empty());
-                if dirty {
-                    format!("{c} (with uncommitted changes)")
-                } else {
-                    c
-                }
-            }
-            None => "unknown".into(),
-        };
+        let commit = checkout_commit(tailgate);
         Machine {
             cpu,
             cores,
@@ -1117,6 +1091,32 @@ impl Machine {
                 .unwrap_or_else(|_| "unknown".into()),
         }
     }
+}
+
+/// The git commit of the checkout the `tailgate` binary was built in (…/target/release), else
+/// of the one this benchmark was built from (a separate target directory), marked when the
+/// tree has uncommitted changes; "unknown" outside a checkout.
+fn checkout_commit(tailgate: &Path) -> String {
+    let built_in = tailgate
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let bench_checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for repo in built_in.into_iter().chain([bench_checkout]) {
+        let repo = repo.to_string_lossy().into_owned();
+        let Some(commit) = first_line("git", &["-C", &repo, "rev-parse", "--short=12", "HEAD"])
+        else {
+            continue;
+        };
+        let status = ["-C", &repo, "status", "--porcelain", "--untracked-files=no"];
+        let dirty = helper("git", &status).is_some_and(|s| !s.trim().is_empty());
+        return if dirty {
+            format!("{commit} (with uncommitted changes)")
+        } else {
+            commit
+        };
+    }
+    "unknown".into()
 }
 
 fn helper(program: &str, args: &[&str]) -> Option<String> {
