@@ -1108,11 +1108,20 @@ fn longest_prefix_wins_in_the_bpf_map() {
     );
 }
 
-#[test]
-fn connections_expire() {
-    skip_unless_able!();
-    let router = Router::new("expire");
-    router.run(|| {
+/// A UDP flow through freshly loaded programs whose UDP timeouts are 1 s: the query from the
+/// client (already forwarded once) and the LAN host's reply frame, in the router namespace.
+struct ShortUdpFlow {
+    xdp: XdpForward,
+    tun_if: u32,
+    lan_if: u32,
+    query: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl ShortUdpFlow {
+    /// Loads the programs, serves 10.1.1.0/24 and forwards the client's query from `port`
+    /// (kept as the SNAT port) to the LAN host's DNS port.
+    fn start(port: u16) -> ShortUdpFlow {
         let opts = ForwardOptions {
             lan: vec![LanInterface::new("lan0", SNAT)],
             port_range: PORTS,
@@ -1128,17 +1137,39 @@ fn connections_expire() {
         xdp.set_routes(&[ForwardRoute::from("10.1.1.0/24".parse::<IpNet>().unwrap())])
             .unwrap();
         let (tun_if, lan_if) = (ifindex("tgtun0"), ifindex("lan0"));
-        let q = packet(v4(CLIENT4), v4(HOST), &udp(61_800, 53, b"q"), H);
+        let query = packet(v4(CLIENT4), v4(HOST), &udp(port, 53, b"q"), H);
         let r = xdp
-            .test_run(ForwardProgram::TunForward, &q, tun_if)
+            .test_run(ForwardProgram::TunForward, &query, tun_if)
             .unwrap();
         assert_eq!(r.action, xdp_action::REDIRECT);
         let reply = eth(
             LAN_MAC,
             HOST_MAC,
             0x0800,
-            &packet(v4(HOST), v4(SNAT), &udp(53, 61_800, b"a"), H),
+            &packet(v4(HOST), v4(SNAT), &udp(53, port, b"a"), H),
         );
+        ShortUdpFlow {
+            xdp,
+            tun_if,
+            lan_if,
+            query,
+            reply,
+        }
+    }
+}
+
+#[test]
+fn connections_expire() {
+    skip_unless_able!();
+    let router = Router::new("expire");
+    router.run(|| {
+        let ShortUdpFlow {
+            mut xdp,
+            tun_if,
+            lan_if,
+            query: q,
+            reply,
+        } = ShortUdpFlow::start(61_800);
         let r = xdp
             .test_run(ForwardProgram::LanReturn, &reply, lan_if)
             .unwrap();
@@ -1192,32 +1223,13 @@ fn replies_alone_keep_a_connection_alive() {
     skip_unless_able!();
     let router = Router::new("replyalive");
     router.run(|| {
-        let opts = ForwardOptions {
-            lan: vec![LanInterface::new("lan0", SNAT)],
-            port_range: PORTS,
-            tun_mtu: Some(1280),
-            timeouts: tailgate::nat::conntrack::Timeouts {
-                udp_unreplied: Duration::from_secs(1),
-                udp: Duration::from_secs(1),
-                ..Default::default()
-            },
-            ..ForwardOptions::default()
-        };
-        let mut xdp = XdpForward::load(&opts).unwrap();
-        xdp.set_routes(&[ForwardRoute::from("10.1.1.0/24".parse::<IpNet>().unwrap())])
-            .unwrap();
-        let (tun_if, lan_if) = (ifindex("tgtun0"), ifindex("lan0"));
-        let q = packet(v4(CLIENT4), v4(HOST), &udp(61_900, 53, b"q"), H);
-        let r = xdp
-            .test_run(ForwardProgram::TunForward, &q, tun_if)
-            .unwrap();
-        assert_eq!(r.action, xdp_action::REDIRECT);
-        let reply = eth(
-            LAN_MAC,
-            HOST_MAC,
-            0x0800,
-            &packet(v4(HOST), v4(SNAT), &udp(53, 61_900, b"a"), H),
-        );
+        let ShortUdpFlow {
+            mut xdp,
+            tun_if,
+            lan_if,
+            query: q,
+            reply,
+        } = ShortUdpFlow::start(61_900);
         // 1.6 s of replies, 0.4 s apart: past the 1 s timeout since the only query.
         for i in 0..5 {
             if i > 0 {
