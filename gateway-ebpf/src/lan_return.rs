@@ -150,6 +150,12 @@ fn count_index(index: u32) {
     }
 }
 
+/// Whether two stamps lie in the same `2^30` ns (about 1.07 s) epoch.
+#[inline(always)]
+fn same_epoch(a: u64, b: u64) -> bool {
+    a >> 30 == b >> 30
+}
+
 /// Checks a reply's connection entry (it must still own reply tuple `rk` and not have idled
 /// out, counting the reply entry's stamp too), moves both entries' state on by the reply's TCP
 /// `tcp_flags` and stamps them `now`. False when the connection is gone.
@@ -244,9 +250,14 @@ fn process(ctx: &XdpContext, cfg: &FwdConfig) -> (u32, LanCounter) {
     let reply = unsafe { &mut *rv };
     let now = now_ns();
     let state = CtState::from_u8(reply.state).next(true, l4.flags) as u8;
-    // One lookup while the reply entry alone shows the connection alive and the state stays;
-    // otherwise the connection entry decides, as the owner of the state.
-    if state == reply.state && !cfg.expired(reply.state, reply.last_seen(), now) {
+    // One lookup while the state stays and the reply entry alone shows the connection alive,
+    // stamped in the same clock epoch; otherwise (and so at least once per epoch and flow) the
+    // connection entry decides: it owns the state, it must still own this reply tuple, and
+    // the lookup keeps it recently used for the LRU map's eviction.
+    if state == reply.state
+        && same_epoch(now, reply.last_seen())
+        && !cfg.expired(reply.state, reply.last_seen(), now)
+    {
         reply.last_seen = now.to_be_bytes();
     } else if !refresh_connection(reply, rk, l4.flags, now, cfg) {
         return pass(LanCounter::PassExpired);

@@ -1028,9 +1028,10 @@ impl XdpForward {
     }
 
     /// Removes connection entries that have idled out, and reply entries that lost their
-    /// connection. The programs already ignore idle entries (so expiry semantics do not depend
-    /// on this); this frees their slots. Cost: two syscalls per entry — call it every few
-    /// seconds, not per packet.
+    /// connection. The programs already ignore idle entries, and check a reply entry's
+    /// connection at least once a second while replies flow (so expiry semantics do not depend
+    /// on this); this frees their slots. Cost: two or three syscalls per entry — call it every
+    /// few seconds, not per packet.
     pub fn expire(&mut self) -> Result<ExpireStats, ForwardError> {
         let now = monotonic_ns();
         let mut stats = ExpireStats::default();
