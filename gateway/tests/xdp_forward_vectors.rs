@@ -1215,9 +1215,9 @@ fn connections_expire() {
     });
 }
 
-/// Replies refresh only the reply entry (one map lookup per reply); the connection stays alive
-/// for the programs and for userspace expiry as long as replies keep coming, with no packet
-/// toward the LAN for longer than the timeout.
+/// Replies refresh the reply entry (most of them with one map lookup); the connection stays
+/// alive for the programs and for userspace expiry as long as replies keep coming, with no
+/// packet toward the LAN for longer than the timeout.
 #[test]
 fn replies_alone_keep_a_connection_alive() {
     skip_unless_able!();
